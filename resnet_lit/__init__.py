@@ -1,0 +1,1 @@
+"""He et al. 2016, Deep Residual Learning for Image Recognition, reproduced with PyTorch Lightning."""
