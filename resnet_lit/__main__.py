@@ -1,0 +1,3 @@
+from resnet_lit.cli import main
+
+main()

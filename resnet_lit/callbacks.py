@@ -1,0 +1,66 @@
+"""Callbacks the CLI adds to every run."""
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes `predict`'s classes, with their names, to a CSV file.
+
+    One row per image: its index, its source (a file name, or `test/<i>` for the test set),
+    the predicted class and its name, the softmax confidence, and the true class where known.
+
+    Args:
+        path: the CSV file; None: `predictions.csv` in the run's log folder.
+    """
+
+    FIELDS = ("index", "source", "predicted", "class_name", "confidence", "target")
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.path = path
+        self._file = None
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size > 1:
+            raise RuntimeError("predict writes one file from one process: run it with trainer.devices=1")
+        path = Path(self.path) if self.path else Path(trainer.log_dir or ".") / "predictions.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.resolved_path = path
+        self._file = path.open("w", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(self.FIELDS)
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: list[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        datamodule = trainer.datamodule
+        names = datamodule.predict_names
+        classes = datamodule.classes
+        for index, predicted, confidence, target in zip(
+            batch_indices,
+            prediction["predicted"].tolist(),
+            prediction["confidence"].tolist(),
+            prediction["target"].tolist(),
+            strict=True,
+        ):
+            known = target if target >= 0 else ""
+            self._writer.writerow((index, names[index], predicted, classes[predicted], f"{confidence:.4f}", known))
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            rank_zero_info(f"Predictions written to {self.resolved_path}")

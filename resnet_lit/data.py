@@ -1,0 +1,316 @@
+"""Data modules: the whole data set as one uint8 tensor in memory, transformed in batches on the device.
+
+torchvision downloads, checksums and parses the files once (`prepare_data`); after that a
+training step indexes a tensor and the DataModule's `on_after_batch_transfer` augments and
+normalizes the batch where the model runs. There is no per-sample PIL work anywhere.
+"""
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torchvision.datasets import FashionMNIST, VisionDataset
+
+from resnet_lit.transforms import normalize, random_crop, random_hflip, resize, seeded_generator
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+class MissingDataError(RuntimeError):
+    """The data set's files are not on disk and could not be downloaded."""
+
+
+class TensorImages(Dataset):
+    """Images (N, C, H, W) uint8 and targets (N,) int64, fetched a whole batch per index call.
+
+    `__getitems__` lets a DataLoader take a batch with one tensor index instead of stacking
+    `batch_size` single samples; its `collate_fn` must then pass the batch through unchanged.
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} labels: the data files disagree")
+        self.images = images
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.targets[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.targets[index]
+
+
+def _keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """collate_fn for `TensorImages.__getitems__`, whose batches are already stacked."""
+    return batch
+
+
+class EpochShuffler(RandomSampler):
+    """A random order that is a function of (seed, epoch) only, so a resumed run repeats it.
+
+    Lightning calls `set_epoch` at the start of every epoch. It is a `RandomSampler`, so under
+    DDP Lightning replaces it with a `DistributedSampler(shuffle=True, seed=<global seed>)`,
+    which is deterministic in the same way.
+    """
+
+    def __init__(self, data_source: Sequence, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = seeded_generator(torch.device("cpu"), self.seed, self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class InMemoryImageDataModule(LightningDataModule):
+    """Shared machinery of the image data modules; subclasses name the data set and its files.
+
+    Args:
+        data_dir: folder holding the data set in torchvision's layout (e.g. `FashionMNIST/raw/`).
+        download: fetch (and checksum) the files through torchvision where they are missing.
+        batch_size: images per batch, for every stage.
+        num_workers: DataLoader worker processes. 0 suits data held in memory: a batch is one
+            tensor index, which workers would only wrap in inter-process copies.
+        val_size: images held out of the official training set for validation.
+        split_seed: seed of the train/val split; fixed, so runs with different seeds compare
+            on the same validation images.
+        seed: seed of the shuffle order and the augmentation draws; None follows the global
+            seed (`seed_everything`, which LightningCLI sets).
+        crop_padding: random-crop augmentation: pixels of zero padding on each side (0: off).
+        hflip: random horizontal flip augmentation.
+        normalize: subtract `mean` and divide by `std` (per channel, on [0, 1] pixels);
+            False only scales to [0, 1].
+        mean: per-channel mean; None: the training set's.
+        std: per-channel standard deviation; None: the training set's.
+        resize: resize every batch to `resize` x `resize` on the device (None: native size).
+        predict_dir: a folder of images to classify with `predict`; None: the test set.
+        pin_memory: page-locked host batches, for faster, non-blocking copies to a GPU.
+    """
+
+    classes: tuple[str, ...] = ()
+    in_channels: int = 1
+    native_size: int = 28
+    train_mean: tuple[float, ...] = (0.0,)
+    train_std: tuple[float, ...] = (1.0,)
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        seed: int | None = None,
+        crop_padding: int = 4,
+        hflip: bool = True,
+        normalize: bool = True,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        resize: int | None = None,
+        predict_dir: str | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        _check(batch_size > 0, f"data.batch_size must be positive, got {batch_size}")
+        _check(val_size > 0, f"data.val_size must be positive, got {val_size}")
+        _check(num_workers >= 0, f"data.num_workers must be 0 or more, got {num_workers}")
+        _check(crop_padding >= 0, f"data.crop_padding must be 0 or more, got {crop_padding}")
+        _check(resize is None or resize > 0, f"data.resize must be positive, got {resize}")
+        for name, stats in (("mean", mean), ("std", std)):
+            _check(
+                stats is None or len(stats) == self.in_channels,
+                f"data.{name} needs {self.in_channels} value(s), one per channel, got {stats}",
+            )
+        _check(std is None or all(s > 0 for s in std), f"data.std must be positive, got {std}")
+        self.save_hyperparameters()
+        self.mean = tuple(mean) if mean is not None else self.train_mean
+        self.std = tuple(std) if std is not None else self.train_std
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.predict_set: Dataset | None = None
+        self.predict_names: list[str] = []
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        """Height and width of the batches the model sees."""
+        return self.hparams.resize or self.native_size
+
+    # --- what a subclass provides -------------------------------------------------------------
+
+    def _torchvision_dataset(self, train: bool, download: bool) -> VisionDataset:
+        raise NotImplementedError
+
+    def _tensors(self, dataset: VisionDataset) -> tuple[Tensor, Tensor]:
+        """(N, C, H, W) uint8 images and (N,) int64 targets of a torchvision data set."""
+        raise NotImplementedError
+
+    def _missing_message(self) -> str:
+        raise NotImplementedError
+
+    # --- Lightning hooks ----------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        for train in (True, False):
+            self._load(train, download=self.hparams.download)
+
+    def setup(self, stage: str) -> None:
+        self._seed = self.hparams.seed if self.hparams.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        if stage in ("fit", "validate") and self.train_set is None:
+            full = TensorImages(*self._tensors(self._load(train=True, download=False)))
+            val_size = self.hparams.val_size
+            _check(
+                val_size < len(full),
+                f"data.val_size must be smaller than the {len(full)} training images, got {val_size}",
+            )
+            order = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+            self.train_set = Subset(full, order[val_size:].tolist())
+            self.val_set = Subset(full, order[:val_size].tolist())
+        if stage == "test" and self.test_set is None:
+            self.test_set = TensorImages(*self._tensors(self._load(train=False, download=False)))
+        if stage == "predict" and self.predict_set is None:
+            if self.hparams.predict_dir is None:
+                self.predict_set = TensorImages(*self._tensors(self._load(train=False, download=False)))
+                self.predict_names = [f"test/{i}" for i in range(len(self.predict_set))]
+            else:
+                self.predict_set, self.predict_names = self._image_folder(Path(self.hparams.predict_dir))
+
+    def train_dataloader(self) -> DataLoader:
+        # drop_last: every step sees a full batch, as the paper's iterations do; the few images
+        # left out change every epoch with the shuffle.
+        return self._loader(self.train_set, sampler=EpochShuffler(self.train_set, self._seed), drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        if isinstance(batch, Tensor):
+            return batch  # the model summary's example_input_array: already model input
+        images, targets = batch
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            # Keyed on (seed, epoch, batch, rank): a resumed run draws exactly what an uninterrupted one does.
+            batch_idx = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # this batch, 0-based
+            keys = (self._seed, trainer.current_epoch, batch_idx, trainer.global_rank)
+            generator = seeded_generator(images.device, *keys)
+            images = random_crop(images, self.hparams.crop_padding, generator)
+            if self.hparams.hflip:
+                images = random_hflip(images, generator)
+        return self.preprocess(images), targets
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 batch to the model's input: scaling, normalization and resize (every stage)."""
+        images = normalize(images, self.mean, self.std) if self.hparams.normalize else images.float().div_(255)
+        if self.hparams.resize:
+            images = resize(images, self.hparams.resize)
+        return images
+
+    def _loader(self, dataset: Dataset | None, sampler: RandomSampler | None = None, drop_last: bool = False):
+        if dataset is None:
+            raise RuntimeError("the data module was not set up for this stage; call setup() first")
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=_keep_batch,
+            pin_memory=self.hparams.pin_memory,
+            drop_last=drop_last,
+            persistent_workers=workers > 0,
+        )
+
+    def _load(self, train: bool, download: bool) -> VisionDataset:
+        try:
+            return self._torchvision_dataset(train=train, download=download)
+        except (RuntimeError, OSError) as err:  # torchvision: not found, or the download failed
+            raise MissingDataError(f"{self._missing_message()} ({err})") from err
+
+    def _image_folder(self, folder: Path) -> tuple[TensorImages, list[str]]:
+        if not folder.is_dir():
+            raise MissingDataError(f"data.predict_dir {str(folder)!r} is not a folder")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise MissingDataError(f"data.predict_dir {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        expected = (self.in_channels, self.native_size, self.native_size)
+        images = []
+        for path in files:
+            try:
+                with Image.open(path) as pil:
+                    image = torch.from_numpy(np.array(pil, dtype=np.uint8, copy=True))
+            except (OSError, UnidentifiedImageError, ValueError) as err:
+                raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+            image = image.unsqueeze(0) if image.dim() == 2 else image.permute(2, 0, 1)  # (C, H, W)
+            if tuple(image.shape) != expected:
+                c, h, w = image.shape
+                raise ValueError(
+                    f"image {str(path)!r} is {w}x{h} with {c} channel(s); this model expects "
+                    f"{self.native_size}x{self.native_size} with {self.in_channels} channel(s)"
+                )
+            images.append(image)
+        targets = torch.full((len(images),), -1, dtype=torch.long)  # unknown labels
+        return TensorImages(torch.stack(images), targets), [str(p) for p in files]
+
+
+class FashionMNISTDataModule(InMemoryImageDataModule):
+    """Fashion-MNIST (Xiao et al. 2017): 60k training and 10k test images, 28x28 grayscale, 10 classes.
+
+    The official training set is split into `60000 - val_size` training and `val_size`
+    validation images; the official test set is the test set.
+    """
+
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+    in_channels = 1
+    native_size = 28
+    # Training-set pixel statistics (all 60k images, pixels / 255).
+    train_mean = (0.2860,)
+    train_std = (0.3530,)
+    files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+    def _torchvision_dataset(self, train: bool, download: bool) -> VisionDataset:
+        return FashionMNIST(self.hparams.data_dir, train=train, download=download)
+
+    def _tensors(self, dataset: FashionMNIST) -> tuple[Tensor, Tensor]:
+        return dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()
+
+    def _missing_message(self) -> str:
+        folder = Path(self.hparams.data_dir) / "FashionMNIST" / "raw"
+        how = "it could not be downloaded" if self.hparams.download else "data.download is false"
+        return (
+            f"Fashion-MNIST is not in {str(folder)!r} and {how}: put the four files "
+            f"{', '.join(self.files)} (or their .gz) there, or point --data.data_dir at the folder "
+            "that holds FashionMNIST/raw/, or allow the download with --data.download true on a "
+            "machine with internet access"
+        )
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

@@ -1,0 +1,137 @@
+"""The product through its own entry point: `python -m resnet_lit fit/test/validate/predict`."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import scalars
+
+from resnet_lit.cli import ResNetCLI, main
+from resnet_lit.data import FashionMNISTDataModule
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=2"]
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["resnet_lit"])
+
+
+def fit(data_args, *extra: str, epochs: int = 1) -> ResNetCLI:
+    return ResNetCLI(args=["fit", "--model.arch=resnet8", f"--trainer.max_epochs={epochs}", *FAST, *data_args, *extra])
+
+
+def test_fit_writes_checkpoints_config_and_tensorboard_tags(in_tmp, data_args):
+    cli = fit(data_args, epochs=2)
+    run = in_tmp / "lightning_logs" / "version_0"
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints
+    assert any(name.startswith("best-epoch=") and "val_acc=" in name for name in checkpoints)
+    assert (run / "config.yaml").is_file()
+    tags = scalars(run)
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "hp_metric"):
+        assert tag in tags, tag
+    assert len(tags["val/acc"]) == 2
+    # hp_metric (the hparams view's metric) is the best val/acc so far.
+    best = max(v for _, v in tags["val/acc"])
+    assert tags["hp_metric"][-1][1] == pytest.approx(best)
+    assert cli.model.hparams.in_channels == 1 and cli.model.hparams.num_classes == 10  # linked from the data
+
+
+def test_test_with_only_a_checkpoint_rebuilds_model_and_preprocessing(in_tmp, data_args):
+    fit(data_args, "--model.arch=plain8", "--data.resize=32", "--data.normalize=false")
+    run = in_tmp / "lightning_logs" / "version_0"
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+
+    alone = ResNetCLI(args=["test", f"--ckpt_path={ckpt}", *FAST])
+    assert alone.model.hparams.arch == "plain8"
+    assert alone.datamodule.hparams.resize == 32 and alone.datamodule.hparams.normalize is False
+    assert alone.model.example_input_array.shape[-1] == 32
+    with_config = ResNetCLI(args=["test", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}", *FAST])
+    acc = alone.trainer.callback_metrics["test/acc"].item()
+    assert acc == with_config.trainer.callback_metrics["test/acc"].item()
+
+    validated = ResNetCLI(args=["validate", f"--ckpt_path={ckpt}", *FAST])
+    assert "val/acc" in validated.trainer.callback_metrics
+
+
+def test_an_explicit_setting_that_contradicts_the_checkpoint_is_refused(in_tmp, data_args, capsys):
+    fit(data_args)
+    ckpt = "lightning_logs/version_0/checkpoints/last.ckpt"
+    before = sorted(p.name for p in (in_tmp / "lightning_logs").iterdir())
+    with pytest.raises(SystemExit) as info:
+        main(["test", f"--ckpt_path={ckpt}", "--model.arch=resnet14", *FAST])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "arch='resnet14' (checkpoint: 'resnet8')" in err[0]
+    assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == before
+
+
+def test_fit_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(in_tmp, data_args):
+    first = fit(data_args, epochs=1)
+    steps_per_epoch = first.trainer.global_step
+    assert steps_per_epoch == 10  # 500 training images, batches of 50
+    saved = torch.load("lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+
+    resumed = fit(data_args, "--ckpt_path=last", epochs=2)
+    assert resumed.trainer.ckpt_path.endswith("version_0/checkpoints/last.ckpt")
+    assert resumed.trainer.global_step == 2 * steps_per_epoch  # it went on: one more epoch, not two
+    assert not (in_tmp / "lightning_logs" / "version_1").exists()
+    val_steps = [step for step, _ in scalars(in_tmp / "lightning_logs" / "version_0")["val/acc"]]
+    assert val_steps == [steps_per_epoch - 1, 2 * steps_per_epoch - 1]
+    # The resumed run began from the saved weights: its first steps were not a fresh start.
+    assert saved["global_step"] == steps_per_epoch
+
+
+def test_fit_ckpt_path_last_without_a_previous_run_is_an_error(in_tmp, data_args, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--ckpt_path=last", "--model.arch=resnet8", *FAST, *data_args])
+    assert "no lightning_logs/version_*/checkpoints/last.ckpt to resume from" in capsys.readouterr().err
+
+
+def test_a_second_run_in_the_same_folder_does_not_crash(in_tmp, data_args):
+    fit(data_args)
+    fit(data_args)
+    assert (in_tmp / "lightning_logs" / "version_1" / "config.yaml").is_file()
+
+
+def test_predict_writes_classes_with_their_names(in_tmp, data_args):
+    fit(data_args)
+    ckpt = "lightning_logs/version_0/checkpoints/last.ckpt"
+    ResNetCLI(args=["predict", f"--ckpt_path={ckpt}", "--predictions.path=preds.csv", *FAST])
+    with open(in_tmp / "preds.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 200
+    assert rows[0].keys() == {"index", "source", "predicted", "class_name", "confidence", "target"}
+    assert rows[3]["source"] == "test/3"
+    for row in rows:
+        assert row["class_name"] == FashionMNISTDataModule.classes[int(row["predicted"])]
+        assert 0.0 < float(row["confidence"]) <= 1.0
+
+
+def test_missing_data_ends_in_one_line_and_exit_2(in_tmp, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--data.data_dir=nowhere", "--data.download=false", *FAST])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "Fashion-MNIST is not in 'nowhere/FashionMNIST/raw'" in err[0]
+
+
+def test_help_shows_the_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "the network, by name" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.help=FashionMNISTDataModule"])
+    assert "held out of the official training set" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # about 30 s on 2 cores: 8 short epochs of ResNet-20
+def test_r20_config_learns_on_standin_data(in_tmp, data_args):
+    args = ["fit", f"--config={CONFIGS / 'r20.yaml'}", "--trainer.max_epochs=8", *FAST, *data_args]
+    cli = ResNetCLI(args=[*args, "--data.batch_size=20"])  # 25 steps an epoch
+    assert cli.model.val_acc_best.compute().item() > 0.5  # chance is 0.1

@@ -1,0 +1,43 @@
+"""Every shipped config parses and instantiates, and says what its file name says."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_lit.cli import ResNetCLI
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+
+
+def test_the_promised_configs_exist():
+    names = {str(p.relative_to(p.parents[1] if p.parent.name == "baseline" else p.parent)) for p in CONFIGS}
+    promised = {f"r{d}.yaml" for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110)}
+    promised |= {f"plain{d}.yaml" for d in (20, 32, 44, 56, 110)}
+    promised |= {f"baseline/r{d}.yaml" for d in (18, 34, 50)}
+    assert promised <= names
+
+
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=lambda p: p.stem if p.parent.name == "configs" else f"{p.parent.name}/{p.stem}"
+)
+def test_config_instantiates(config, in_tmp, fashion_root, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["resnet_lit"])
+    cli = ResNetCLI(args=[f"--config={config}", f"--data.data_dir={fashion_root}", "--data.download=false"], run=False)
+    hp = cli.model.hparams
+    depth = int("".join(c for c in config.stem if c.isdigit()))
+    kind = "plain" if config.stem.startswith("plain") else "resnet"
+    assert hp.arch == f"{kind}{depth}"
+    assert (hp.in_channels, hp.num_classes) == (1, 10)
+    assert cli.datamodule.hparams.batch_size == 128
+    if config.parent.name == "baseline":  # the original report's settings
+        assert (hp.lr, hp.momentum, hp.schedule, hp.stem) == (0.05, 0.0, "constant", "imagenet")
+        assert hp.image_size == 224 and cli.datamodule.hparams.resize == 224
+        assert cli.trainer.max_epochs == {18: 10, 34: 10, 50: 5}[depth]
+    elif depth in (18, 34, 50, 101, 152):
+        assert hp.stem == "small" and hp.shortcut == "B"
+    else:  # the paper's CIFAR recipe, scaled to 55k images
+        assert (hp.lr, hp.momentum, hp.weight_decay) == (0.1, 0.9, 1e-4)
+        assert hp.interval == "step" and hp.milestones == [39111, 58667]
+        assert cli.trainer.max_steps == 78222
+        assert hp.warmup_lr == (0.01 if depth == 110 else None)

@@ -1,0 +1,82 @@
+"""ResNetClassifier through the public class and a Trainer."""
+
+import pytest
+import torch
+from helpers import scalars
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor
+
+from resnet_lit import FashionMNISTDataModule, ResNetClassifier
+
+
+def test_paper_defaults_and_shapes():
+    model = ResNetClassifier()
+    assert model.hparams.arch == "resnet20"
+    assert model.example_input_array.shape == (2, 1, 28, 28)
+    assert model(model.example_input_array).shape == (2, 10)
+
+
+def test_steps_compute_cross_entropy_and_accuracy():
+    torch.manual_seed(0)
+    model = ResNetClassifier(arch="resnet8")
+    images, targets = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    loss = model.training_step((images, targets), 0)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(model(images), targets).item(), rel=1e-5)
+    out = model.predict_step((images, targets), 0)
+    assert out["predicted"].shape == (8,) and torch.all(out["confidence"] <= 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0}, "model.lr must be positive"),
+        ({"lr": -0.1}, "model.lr must be positive"),
+        ({"momentum": 1.0}, "model.momentum must be in [0, 1)"),
+        ({"milestones": [0, 10]}, "must be positive"),
+        ({"arch": "resnet21"}, "6n+2"),
+        ({"warmup_lr": 0.01, "schedule": "onecycle"}, "not combined with onecycle"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)").replace("+", r"\+")):
+        ResNetClassifier(**kwargs)
+
+
+def fit(tmp_path, fashion_root, steps: int, **kwargs) -> tuple[Trainer, ResNetClassifier]:
+    model = ResNetClassifier(arch="resnet8", **kwargs)
+    data = FashionMNISTDataModule(data_dir=str(fashion_root), download=False, val_size=100, batch_size=50, seed=0)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_steps=steps,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LearningRateMonitor()],
+    )
+    trainer.fit(model, data)
+    return trainer, model
+
+
+@pytest.mark.parametrize(("until", "expected"), [(1.01, [0.01, 0.1, 0.1, 0.1]), (0.0, [0.01, 0.01, 0.01, 0.01])])
+def test_warmup_ends_on_the_training_error_and_goes_back(tmp_path, fashion_root, until, expected):
+    trainer, _ = fit(tmp_path, fashion_root, 4, warmup_lr=0.01, warmup_until_error=until, milestones=[1000])
+    lrs = [v for _, v in scalars(trainer.logger.log_dir)["lr"]]
+    assert lrs == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "check"),
+    [
+        (
+            {"schedule": "multistep", "milestones": [2], "interval": "step"},
+            lambda lrs: lrs == pytest.approx([0.1, 0.1, 0.01, 0.01]),
+        ),
+        ({"schedule": "cosine"}, lambda lrs: lrs[0] == pytest.approx(0.1) and lrs[0] > lrs[1] > lrs[2] > lrs[3] > 0),
+        ({"schedule": "onecycle"}, lambda lrs: lrs[0] < max(lrs) and lrs[-1] < max(lrs)),
+        ({"schedule": "constant"}, lambda lrs: lrs == pytest.approx([0.1] * 4)),
+    ],
+)
+def test_schedules_run_per_step(tmp_path, fashion_root, kwargs, check):
+    trainer, _ = fit(tmp_path, fashion_root, 4, **kwargs)
+    assert check([v for _, v in scalars(trainer.logger.log_dir)["lr"]])
