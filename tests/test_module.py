@@ -1,5 +1,7 @@
 """ResNetClassifier through the public class and a Trainer."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from helpers import scalars
@@ -80,3 +82,21 @@ def test_warmup_ends_on_the_training_error_and_goes_back(tmp_path, fashion_root,
 def test_schedules_run_per_step(tmp_path, fashion_root, kwargs, check):
     trainer, _ = fit(tmp_path, fashion_root, 4, **kwargs)
     assert check([v for _, v in scalars(trainer.logger.log_dir)["lr"]])
+
+
+def test_hp_metric_is_the_best_val_acc_so_far(monkeypatch):
+    model = ResNetClassifier(arch="resnet8")
+    model._trainer = SimpleNamespace(sanity_checking=False)
+    logged = []
+    monkeypatch.setattr(model, "log", lambda name, value, **_: logged.append((name, float(value))))
+    targets = torch.arange(10)
+    for correct in (8, 3, 9):  # val/acc 0.8, then 0.3, then 0.9
+        logits = torch.nn.functional.one_hot(torch.cat([targets[:correct], (targets[correct:] + 1) % 10]), 10).float()
+        model.val_acc(logits, targets)
+        model.on_validation_epoch_end()
+        model.val_acc.reset()
+    assert logged == [
+        ("hp_metric", pytest.approx(0.8)),
+        ("hp_metric", pytest.approx(0.8)),
+        ("hp_metric", pytest.approx(0.9)),
+    ]
