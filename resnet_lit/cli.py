@@ -18,6 +18,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from resnet_lit.callbacks import PredictionWriter
 from resnet_lit.data import FashionMNISTDataModule, InMemoryImageDataModule, MissingDataError
+from resnet_lit.insight import Insight
 from resnet_lit.module import ResNetClassifier
 
 # Hyperparameters that decide the network's tensors: a checkpoint only loads into a net that agrees.
@@ -65,6 +66,8 @@ class ResNetCLI(LightningCLI):
         parser.add_lightning_class_args(ModelSummary, "summary")
         parser.set_defaults({"summary.max_depth": 2})
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        # Per-class accuracy, confusion matrix, most confident mistakes, model graph; --insight.enabled false: off.
+        parser.add_lightning_class_args(Insight, "insight")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse; where a checkpoint file is given, its model and data settings become the defaults.

@@ -121,11 +121,11 @@ class ResNetClassifier(LightningModule):
         self.log("train/acc", self.train_acc, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_acc)
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "val", self.val_acc)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_acc)
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "test", self.test_acc)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         images, targets = batch
@@ -133,13 +133,15 @@ class ResNetClassifier(LightningModule):
         confidence, predicted = probs.max(dim=1)
         return {"predicted": predicted, "confidence": confidence, "target": targets}
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> Tensor:
+        """Loss and accuracy of a batch; returns the logits, which callbacks (resnet_lit.insight) read."""
         images, targets = batch
         logits = self(images)
         loss = F.cross_entropy(logits, targets)
         accuracy(logits, targets)
         self.log(f"{stage}/loss", loss, prog_bar=True)
         self.log(f"{stage}/acc", accuracy, prog_bar=True)
+        return logits
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -1,0 +1,421 @@
+"""What the network learned: per-class accuracy, the confusion matrix and its most confident mistakes.
+
+`Insight` is a callback the CLI adds to every run (`--insight.*`). It reads the logits that
+`validation_step` and `test_step` return, keeps its own torchmetrics objects (so their counts sync
+across processes under DDP) and at the end of `validate` and `test`
+
+- logs `<stage>/acc_per_class/<class>` scalars to every logger,
+- logs the confusion matrix, drawn with its class names and counts, as a TensorBoard image,
+- prints a compact per-class table in the terminal,
+- and, at test time, a grid of the most confidently misclassified images.
+
+The figures are drawn with PIL (which torchvision already installs), so nothing extra is needed;
+`render_confusion` and `render_mistakes` are the same functions that write the PNGs in docs/.
+"""
+
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
+GREY = (170, 170, 170)
+RED = (190, 30, 30)
+DARK_BLUE = (8, 48, 107)  # the dark end of matplotlib's "Blues"
+
+
+class Insight(Callback):
+    """Per-class accuracy, the confusion matrix and the most confident mistakes, at the end of validate and test.
+
+    Args:
+        enabled: False turns the whole callback off.
+        during_fit: also log the per-class val accuracy and the confusion matrix image after
+            every validation epoch of `fit` (no terminal table there).
+        misclassified: how many of the most confidently misclassified test images to show in
+            the `test/misclassified` grid (0: none).
+        graph: add the model's graph to TensorBoard at the start of `fit` (one trace of
+            `example_input_array` in eval mode).
+        save_png: also write the figures as PNG files into the run's log folder
+            (`confusion_val.png`, `confusion_test.png`, `misclassified_test.png`).
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        during_fit: bool = True,
+        misclassified: int = 32,
+        graph: bool = True,
+        save_png: bool = True,
+    ) -> None:
+        if misclassified < 0:
+            raise ValueError(f"insight.misclassified must be 0 or more, got {misclassified}")
+        self.enabled = enabled
+        self.during_fit = during_fit
+        self.misclassified = misclassified
+        self.graph = graph
+        self.save_png = save_png
+        # The last confusion matrix of each stage ("val", "test"), on the CPU, for reading back.
+        self.matrices: dict[str, Tensor] = {}
+        # The last test's most confident mistakes: confidence, predicted, target, images (model input).
+        self.mistakes: dict[str, Tensor] = {}
+        self._active = False
+
+    # --- Lightning hooks ----------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.enabled and self.graph and trainer.is_global_zero:
+            self._add_graph(trainer, pl_module)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        self._start(trainer, pl_module, active=not trainer.sanity_checking and (self.during_fit or not fitting))
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, pl_module, active=True, mistakes=self.misclassified)
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._update(outputs, batch)
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._update(outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active:
+            self._report(trainer, pl_module, "val", table=trainer.state.fn != TrainerFn.FITTING)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active:
+            self._report(trainer, pl_module, "test", table=True)
+
+    # --- the work -----------------------------------------------------------------------------
+
+    def _start(self, trainer: Trainer, pl_module: LightningModule, active: bool, mistakes: int = 0) -> None:
+        self._active = self.enabled and active
+        if not self._active:
+            return
+        self.classes = class_names(trainer, pl_module)
+        n = len(self.classes)
+        # Fresh metric objects each epoch, on the module's device; compute() syncs them under DDP.
+        self.accuracy = MulticlassAccuracy(n, average=None).to(pl_module.device)
+        self.confusion = MulticlassConfusionMatrix(n).to(pl_module.device)
+        self._mistakes = ConfidentMistakes(mistakes) if mistakes else None
+
+    def _update(self, outputs, batch: tuple[Tensor, Tensor]) -> None:
+        if not self._active:
+            return
+        if not isinstance(outputs, Tensor):
+            raise RuntimeError("Insight needs validation_step and test_step to return the logits (B, num_classes)")
+        images, targets = batch
+        logits = outputs.detach()
+        self.accuracy.update(logits, targets)
+        self.confusion.update(logits, targets)
+        if self._mistakes is not None:
+            self._mistakes.update(images, logits, targets)
+
+    def _report(self, trainer: Trainer, pl_module: LightningModule, stage: str, table: bool) -> None:
+        accuracy = self.accuracy.compute()  # every process: a collective under DDP
+        matrix = self.confusion.compute().cpu()
+        for name, value in zip(self.classes, accuracy, strict=True):
+            # Equal on every process already; sync_dist only tells Lightning so (no DDP warning).
+            pl_module.log(f"{stage}/acc_per_class/{tag_name(name)}", value, sync_dist=True)
+        self.matrices[stage] = matrix
+        mistakes = self._mistakes.gather(pl_module) if self._mistakes is not None else None
+        log_dir = trainer.log_dir  # every process: it broadcasts
+        if not trainer.is_global_zero:
+            return
+        title = f"{stage}: {int(matrix.sum())} images, accuracy {accuracy_of(matrix):.4f}"
+        if trainer.state.fn == TrainerFn.FITTING:
+            title += f", epoch {trainer.current_epoch}"
+        figures = {
+            f"{stage}/confusion_matrix": (f"confusion_{stage}.png", render_confusion(matrix, self.classes, title))
+        }
+        if mistakes is not None:
+            self.mistakes = {key: value.cpu() for key, value in mistakes.items()}
+            image = render_mistakes(**self.mistakes, classes=self.classes, title=f"{stage}: ")
+            figures[f"{stage}/misclassified"] = (f"misclassified_{stage}.png", image)
+        for tag, (file_name, image) in figures.items():
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image(tag, np.asarray(image), trainer.global_step, dataformats="HWC")
+            if self.save_png and log_dir is not None:
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+                image.save(Path(log_dir) / file_name)
+        if table:
+            pl_module.print(format_table(matrix, self.classes, stage))
+
+    def _add_graph(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        example = pl_module.example_input_array
+        if not isinstance(example, Tensor):
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # add_graph traces in eval mode, so the BatchNorm statistics are left as they are;
+                # TensorBoard's graph still needs torch.jit.trace, whose deprecation notice is noise here.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", r"`torch\.jit\.trace.*` is deprecated", FutureWarning)
+                    logger.experiment.add_graph(pl_module, example.to(pl_module.device))
+
+
+class ConfidentMistakes:
+    """The `k` most confident wrong predictions seen so far, kept in fixed-size buffers on the device.
+
+    Each batch adds only its own top `k` candidates (no host sync, no copy of the data set); the
+    fixed size lets `gather` all-gather the buffers of every process under DDP. Empty slots and
+    right answers carry confidence -1, so they never win a place.
+    """
+
+    FIELDS = ("confidence", "predicted", "target", "images")
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.buffers: dict[str, Tensor] | None = None
+
+    def update(self, images: Tensor, logits: Tensor, targets: Tensor) -> None:
+        confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
+        confidence = torch.where(predicted != targets, confidence, -1.0)
+        batch = dict(zip(self.FIELDS, (confidence, predicted, targets, images.detach()), strict=True))
+        batch = _top_k(batch, self.k)
+        if self.buffers is None:
+            self.buffers = {key: value.new_zeros((self.k, *value.shape[1:])) for key, value in batch.items()}
+            self.buffers["confidence"].fill_(-1.0)
+        self.buffers = _top_k({key: torch.cat([self.buffers[key], batch[key]]) for key in self.FIELDS}, self.k)
+
+    def gather(self, pl_module: LightningModule) -> dict[str, Tensor]:
+        """The `k` most confident mistakes of every process, most confident first (every process must call it)."""
+        if self.buffers is None:  # no batch at all
+            empty = torch.zeros(0, dtype=torch.long)
+            return {
+                "confidence": torch.zeros(0),
+                "predicted": empty,
+                "target": empty,
+                "images": torch.zeros(0, 1, 1, 1),
+            }
+        buffers = self.buffers
+        if pl_module.trainer.world_size > 1:
+            buffers = {key: value.flatten(0, 1) for key, value in pl_module.all_gather(buffers).items()}
+        buffers = _top_k(buffers, self.k)
+        wrong = buffers["confidence"] >= 0
+        return {key: value[wrong] for key, value in buffers.items()}
+
+
+def _top_k(buffers: dict[str, Tensor], k: int) -> dict[str, Tensor]:
+    """The rows of the `k` highest confidences, highest first."""
+    top = buffers["confidence"].topk(min(k, len(buffers["confidence"]))).indices
+    return {key: value[top] for key, value in buffers.items()}
+
+
+# --- names, numbers, the terminal table -------------------------------------------------------
+
+
+def class_names(trainer: Trainer, pl_module: LightningModule) -> list[str]:
+    """The data module's `classes` where it names them, else "0", "1", ... up to the model's classes."""
+    classes = getattr(trainer.datamodule, "classes", None)
+    if classes:
+        return list(classes)
+    return [str(i) for i in range(pl_module.hparams["num_classes"])]
+
+
+def tag_name(name: str) -> str:
+    """A class name fit for a logger tag: "T-shirt/top" -> "T-shirt_top", "Ankle boot" -> "Ankle_boot"."""
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def accuracy_of(matrix: Tensor) -> float:
+    total = int(matrix.sum())
+    return int(matrix.diag().sum()) / total if total else math.nan
+
+
+def per_class_accuracy(matrix: Tensor) -> Tensor:
+    """Recall of each class: the diagonal over the row sums (NaN for a class with no images)."""
+    counts = matrix.double()
+    return counts.diag() / counts.sum(dim=1)
+
+
+def format_table(matrix: Tensor, classes: Sequence[str], stage: str) -> str:
+    """Per-class accuracy as a compact table: images, accuracy, and what each class is most mistaken for.
+
+    Args:
+        matrix: (C, C) counts, rows the true class, columns the predicted one.
+        classes: the C class names.
+        stage: "val" or "test", for the heading.
+    """
+    width = max(len("class"), *(len(c) for c in classes))
+    lines = [
+        f"{stage}: per-class accuracy, {int(matrix.sum())} images, accuracy {accuracy_of(matrix):.4f}",
+        f"  {'class':<{width}}  images     acc  most mistaken for",
+    ]
+    for i, (name, acc) in enumerate(zip(classes, per_class_accuracy(matrix).tolist(), strict=True)):
+        errors = matrix[i].clone()
+        errors[i] = 0
+        worst = int(errors.argmax())
+        mistaken = f"{classes[worst]} ({int(errors[worst])})" if errors[worst] > 0 else "-"
+        lines.append(f"  {name:<{width}}  {int(matrix[i].sum()):>6}  {acc:>6.4f}  {mistaken}")
+    return "\n".join(lines)
+
+
+# --- drawing (PIL only) -----------------------------------------------------------------------
+
+
+def render_confusion(matrix: Tensor, classes: Sequence[str], title: str = "") -> Image.Image:
+    """The confusion matrix as an RGB image: class names, a count in every cell, per-class accuracy.
+
+    Cells are shaded by their share of the row (the true class), on a square-root scale so that
+    a 1% confusion is visible next to a 95% diagonal.
+
+    Args:
+        matrix: (C, C) counts, rows the true class, columns the predicted one.
+        classes: the C class names.
+        title: a first line above the matrix.
+    """
+    n = len(classes)
+    font, small = _font(14), _font(12)
+    counts = matrix.long().tolist()
+    accuracy = per_class_accuracy(matrix).tolist()
+    pad, line = 10, _height(font) + 8
+    cell = max(44, max(_width(str(c), font) for row in counts for c in row) + 12)
+    names_w = max(_width(c, font) for c in classes)
+    acc_w = _width("0.0000", font) + 16
+    header = [title, "rows: true class, columns: predicted class, right: accuracy"] if title else []
+    left = pad + line + names_w + pad  # the rotated "true", the row names
+    top = pad + line * len(header) + line + names_w + pad  # the header, "predicted", the column names
+    image = Image.new("RGB", (left + n * cell + acc_w + pad, top + n * cell + pad), WHITE)
+    draw = ImageDraw.Draw(image)
+    for i, text in enumerate(header):
+        _text(draw, text, font if i == 0 else small, BLACK, (pad, pad + i * line), "lt")
+    _text(draw, "predicted", font, BLACK, (left + n * cell // 2, pad + line * len(header)), "mt")
+    _paste_upwards(image, "true", font, (pad, top + n * cell // 2), centre=True)
+    for j, name in enumerate(classes):
+        _paste_upwards(image, name, font, (left + j * cell + cell // 2, top - pad // 2))
+    for i, name in enumerate(classes):
+        y = top + i * cell
+        _text(draw, name, font, BLACK, (left - pad, y + cell // 2), "rm")
+        total = sum(counts[i])
+        for j, count in enumerate(counts[i]):
+            shade = math.sqrt(count / total) if total else 0.0
+            x = left + j * cell
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=_blue(shade), outline=WHITE)
+            colour = WHITE if shade > 0.6 else (GREY if count == 0 else BLACK)
+            _text(draw, str(count), font, colour, (x + cell // 2, y + cell // 2), "mm")
+        acc = "-" if math.isnan(accuracy[i]) else f"{accuracy[i]:.4f}"
+        _text(draw, acc, font, BLACK, (left + n * cell + acc_w // 2, y + cell // 2), "mm")
+    return image
+
+
+def render_mistakes(
+    images: Tensor,
+    predicted: Tensor,
+    target: Tensor,
+    confidence: Tensor,
+    classes: Sequence[str],
+    title: str = "",
+    columns: int = 8,
+    size: int = 84,
+) -> Image.Image:
+    """A grid of images, each with its true class and the (wrong) prediction with its confidence.
+
+    Args:
+        images: (K, C, H, W) model input, any scale: each is stretched to its own min..max for
+            display (as torchvision's `make_grid(normalize=True, scale_each=True)`).
+        predicted: (K,) predicted classes.
+        target: (K,) true classes.
+        confidence: (K,) softmax probability of the predicted class.
+        classes: the class names.
+        title: put before the heading ("the K most confident mistakes").
+        columns: images per row.
+        size: displayed height and width of each image, in pixels.
+    """
+    font = _font(12)
+    pad = 6
+    labels = [
+        (f"true: {classes[t]}", f"pred: {classes[p]} {c:.2f}")
+        for t, p, c in zip(target.tolist(), predicted.tolist(), confidence.tolist(), strict=True)
+    ]
+    if labels:
+        title += f"the {len(labels)} most confident mistakes (true class; predicted class and its probability)"
+    else:
+        title += "no misclassified images"
+    tile_w = max([size, *(_width(line, font) for pair in labels for line in pair)]) + 2 * pad
+    tile_h = size + 2 * (_height(font) + 4) + 2 * pad
+    cols = max(1, min(columns, len(labels)))
+    grid_rows = math.ceil(len(labels) / cols)
+    top = _height(font) + 2 * pad
+    width = max(cols * tile_w, _width(title, font) + 2 * pad)
+    image = Image.new("RGB", (width, top + grid_rows * tile_h), WHITE)
+    draw = ImageDraw.Draw(image)
+    _text(draw, title, font, BLACK, (pad, pad), "lt")
+    for k, (pixels, (true_line, pred_line)) in enumerate(zip(_display_pixels(images), labels, strict=True)):
+        x = (k % cols) * tile_w + pad
+        y = top + (k // cols) * tile_h
+        tile = Image.fromarray(pixels).convert("RGB")
+        resample = Image.Resampling.NEAREST if tile.width < size else Image.Resampling.BILINEAR
+        image.paste(tile.resize((size, size), resample), (x + (tile_w - 2 * pad - size) // 2, y))
+        _text(draw, true_line, font, BLACK, (x, y + size + 4), "lt")
+        _text(draw, pred_line, font, RED, (x, y + size + 4 + _height(font) + 4), "lt")
+    return image
+
+
+def _display_pixels(images: Tensor) -> list[np.ndarray]:
+    """Each image stretched to 0..255 uint8, (H, W) for one channel or (H, W, 3)."""
+    out = []
+    for image in images.float():
+        low, high = image.min(), image.max()
+        scaled = ((image - low) / (high - low).clamp_min(1e-12) * 255).round().to(torch.uint8)
+        out.append(scaled[0].numpy() if scaled.shape[0] == 1 else scaled[:3].permute(1, 2, 0).numpy())
+    return out
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()  # a small bitmap font: still legible
+
+
+def _width(text: str, font) -> int:
+    left, _, right, _ = font.getbbox(text)
+    return math.ceil(right - left)
+
+
+def _height(font) -> int:
+    _, top, _, bottom = font.getbbox("Ag/")
+    return math.ceil(bottom - top)
+
+
+def _blue(shade: float) -> tuple[int, int, int]:
+    return tuple(round(w + (b - w) * shade) for w, b in zip(WHITE, DARK_BLUE, strict=True))
+
+
+def _text(draw: ImageDraw.ImageDraw, text: str, font, fill, xy: tuple[int, int], anchor: str) -> None:
+    """Draw `text` anchored at `xy`: `anchor` is horizontal l/m/r then vertical t/m, on the ink's box.
+
+    Done by hand rather than with PIL's `anchor`, which the bitmap fallback font does not support.
+    """
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x = xy[0] - {"l": left, "m": (left + right) / 2, "r": right}[anchor[0]]
+    y = xy[1] - {"t": top, "m": (top + bottom) / 2}[anchor[1]]
+    draw.text((round(x), round(y)), text, fill=fill, font=font)
+
+
+def _paste_upwards(image: Image.Image, text: str, font, xy: tuple[int, int], centre: bool = False) -> None:
+    """Draw `text` reading upwards, centred on x = xy[0], ending at y = xy[1] (or centred on it)."""
+    w, h = _width(text, font) + 2, _height(font) + 2
+    label = Image.new("RGB", (w, h), WHITE)
+    _text(ImageDraw.Draw(label), text, font, BLACK, (1, 1), "lt")
+    label = label.rotate(90, expand=True)  # (h, w) now
+    y = xy[1] - label.height // 2 if centre else xy[1] - label.height
+    image.paste(label, (xy[0] - label.width // 2, y))
