@@ -326,15 +326,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
     train_mean = (0.4914, 0.4822, 0.4465)
     train_std = (0.2470, 0.2435, 0.2616)
     folder = CIFAR10.base_folder  # cifar-10-batches-py
-    files = (
-        "data_batch_1",
-        "data_batch_2",
-        "data_batch_3",
-        "data_batch_4",
-        "data_batch_5",
-        "test_batch",
-        "batches.meta",
-    )
+    files = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
     def _torchvision_dataset(self, train: bool, download: bool) -> VisionDataset:
         return CIFAR10(self.hparams.data_dir, train=train, download=download)
@@ -344,12 +336,13 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         return images, torch.tensor(dataset.targets, dtype=torch.long)
 
     def _missing_message(self) -> str:
-        folder = Path(self.hparams.data_dir) / self.folder
+        root = str(self.hparams.data_dir)
+        folder = str(Path(root) / self.folder)
         how = "it could not be downloaded" if self.hparams.download else "data.download is false"
         return (
-            f"CIFAR-10 is not in {str(folder)!r} (or a file fails torchvision's md5 check) and {how}: "
-            f"extract {CIFAR10.filename} there (it holds {self.folder}/ with {', '.join(self.files)}), "
-            f"or put {CIFAR10.filename} itself in {str(self.hparams.data_dir)!r} and run with "
+            f"CIFAR-10 is not in {folder!r} (or a file there fails torchvision's md5 check) and {how}: "
+            f"extract {CIFAR10.filename} into {root!r} (it unpacks to {self.folder}/ with "
+            f"{', '.join(self.files)}), or put {CIFAR10.filename} itself there and run with "
             "--data.download true (a verified tarball is extracted without internet), or point "
             f"--data.data_dir at the folder that holds {self.folder}/"
         )

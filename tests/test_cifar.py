@@ -132,6 +132,27 @@ def test_a_damaged_file_fails_the_checksum(cifar10_root, tmp_path):
         make(root).prepare_data()
 
 
+def test_a_tarball_in_data_dir_is_verified_and_extracted_without_internet(cifar10_root, tmp_path, monkeypatch):
+    import hashlib
+    import tarfile
+    import urllib.request
+
+    def no_internet(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_internet)
+    root = tmp_path / "offline"
+    root.mkdir()
+    tarball = root / "cifar-10-python.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(cifar10_root / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "tgz_md5", hashlib.md5(tarball.read_bytes()).hexdigest())
+    dm = make(root, download=True)
+    dm.prepare_data()
+    dm.setup("test")
+    assert len(dm.test_set) == 200
+
+
 def test_missing_data_through_the_cli_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(
