@@ -104,7 +104,8 @@ def _written_at(events: Path) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", events.name)]
 
 
-def _version_number(folder: Path) -> int:
+def version_number(folder: Path) -> int:
+    """N of a version_N folder; -1 for any other name."""
     match = re.fullmatch(r"version_(\d+)", folder.name)
     return int(match.group(1)) if match else -1
 
@@ -128,7 +129,7 @@ def _run_folders(path: Path) -> list[Path]:
         )
     if any(path.glob("events.out.tfevents.*")):
         return [path]
-    versions = sorted((p for p in (path / "lightning_logs").glob("version_*") if p.is_dir()), key=_version_number)
+    versions = sorted((p for p in (path / "lightning_logs").glob("version_*") if p.is_dir()), key=version_number)
     if not versions:
         raise ReportError(
             f"{str(path)!r} holds no TensorBoard event files and no lightning_logs/version_* folders; "
@@ -153,7 +154,7 @@ def _find_test(folder: Path, curves: dict[str, Curve]) -> tuple[float | None, st
     """
     if "test/acc" in curves:
         return curves["test/acc"][-1][1], "own folder"
-    siblings = sorted((p for p in folder.parent.glob("version_*") if p.is_dir() and p != folder), key=_version_number)
+    siblings = sorted((p for p in folder.parent.glob("version_*") if p.is_dir() and p != folder), key=version_number)
     for sibling in reversed(siblings):
         ckpt = _read_yaml(sibling / "config.yaml").get("ckpt_path")
         if not isinstance(ckpt, str):
