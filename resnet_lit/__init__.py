@@ -8,6 +8,7 @@ from importlib import import_module
 _EXPORTS = {
     "ResNetClassifier": "resnet_lit.module",
     "FashionMNISTDataModule": "resnet_lit.data",
+    "CIFAR10DataModule": "resnet_lit.data",
     "InMemoryImageDataModule": "resnet_lit.data",
 }
 

@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
-from torchvision.datasets import FashionMNIST, VisionDataset
+from torchvision.datasets import CIFAR10, FashionMNIST, VisionDataset
 
 from resnet_lit.transforms import normalize, random_crop, random_hflip, resize, seeded_generator
 
@@ -308,6 +308,43 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
             f"{', '.join(self.files)} (or their .gz) there, or point --data.data_dir at the folder "
             "that holds FashionMNIST/raw/, or allow the download with --data.download true on a "
             "machine with internet access"
+        )
+
+
+class CIFAR10DataModule(InMemoryImageDataModule):
+    """CIFAR-10 (Krizhevsky 2009): 50k training and 10k test images, 32x32 RGB, 10 classes.
+
+    The paper's own data set for its depth study (He et al. 2016, Sec. 4.2): the default
+    `val_size=5000` is its 45k/5k train/val split; the official test set is the test set.
+    """
+
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    in_channels = 3
+    native_size = 32
+    # Training-set pixel statistics (all 50k images, pixels / 255, per channel).
+    # Deviation: the paper subtracts the per-pixel mean image and does not divide by a std.
+    train_mean = (0.4914, 0.4822, 0.4465)
+    train_std = (0.2470, 0.2435, 0.2616)
+    folder = CIFAR10.base_folder  # cifar-10-batches-py
+    files = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+
+    def _torchvision_dataset(self, train: bool, download: bool) -> VisionDataset:
+        return CIFAR10(self.hparams.data_dir, train=train, download=download)
+
+    def _tensors(self, dataset: CIFAR10) -> tuple[Tensor, Tensor]:
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+        return images, torch.tensor(dataset.targets, dtype=torch.long)
+
+    def _missing_message(self) -> str:
+        root = str(self.hparams.data_dir)
+        folder = str(Path(root) / self.folder)
+        how = "it could not be downloaded" if self.hparams.download else "data.download is false"
+        return (
+            f"CIFAR-10 is not in {folder!r} (or a file there fails torchvision's md5 check) and {how}: "
+            f"extract {CIFAR10.filename} into {root!r} (it unpacks to {self.folder}/ with "
+            f"{', '.join(self.files)}), or put {CIFAR10.filename} itself there and run with "
+            "--data.download true (a verified tarball is extracted without internet), or point "
+            f"--data.data_dir at the folder that holds {self.folder}/"
         )
 
 

@@ -1,10 +1,13 @@
 """Stand-in data sets written in torchvision's exact on-disk layout, so the real loading code runs."""
 
+import hashlib
+import pickle
 import struct
 from pathlib import Path
 
 import pytest
 import torch
+from torchvision.datasets import CIFAR10
 
 FASHION_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -68,3 +71,66 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run in an empty folder, so lightning_logs/ lands there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# --- CIFAR-10 -----------------------------------------------------------------------------------
+
+CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def standin_rgb_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable 32x32 RGB images (N, 3, 32, 32): `standin_images`' squares, tinted per class."""
+    gray, labels = standin_images(n, seed)
+    images = torch.nn.functional.pad(gray, (2, 2, 2, 2)).unsqueeze(1).repeat(1, 3, 1, 1)
+    tint = torch.tensor([[1.0, 0.8, 0.6], [0.6, 1.0, 0.8], [0.8, 0.6, 1.0]])[labels % 3]  # (N, 3)
+    return (images * tint[:, :, None, None]).to(torch.uint8), labels
+
+
+def write_cifar10(root: Path, n_train: int = 600, n_test: int = 200) -> tuple[Path, dict[str, str]]:
+    """cifar-10-batches-py/ as the official tarball unpacks it, and the md5 of each file.
+
+    Each batch is a pickled dict (protocol 2, as the originals were written by Python 2) with
+    `data`: (n, 3072) uint8 rows holding the red, green and blue 32x32 planes, and `labels`.
+    """
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = standin_rgb_images(n_train, seed=1)
+    for name, rows in zip(CIFAR_TRAIN_BATCHES, torch.arange(n_train).chunk(5), strict=True):
+        _write_cifar_batch(folder / name, name, images[rows], labels[rows])
+    images, labels = standin_rgb_images(n_test, seed=0)
+    _write_cifar_batch(folder / "test_batch", "test_batch", images, labels)
+    meta = {"num_cases_per_batch": n_train // 5, "label_names": CIFAR_CLASSES, "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    return root, md5
+
+
+def _write_cifar_batch(path: Path, name: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    entry = {
+        "batch_label": name,
+        "labels": labels.tolist(),
+        "data": images.reshape(len(images), -1).numpy(),
+        "filenames": [f"standin_{i}.png" for i in range(len(images))],
+    }
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+
+
+@pytest.fixture(scope="session")
+def _cifar10_files(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    return write_cifar10(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture
+def cifar10_root(_cifar10_files, monkeypatch) -> Path:
+    """A folder holding a stand-in cifar-10-batches-py/ (600 training, 200 test images).
+
+    torchvision checks every file against the md5 of the real data set (`CIFAR10._check_integrity`),
+    which no stand-in can match: for the test's duration the expected checksums are the
+    stand-in's own, so the check still runs (and still rejects a damaged file).
+    """
+    root, md5 = _cifar10_files
+    monkeypatch.setattr(CIFAR10, "train_list", [[name, md5[name]] for name in CIFAR_TRAIN_BATCHES])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
+    return root

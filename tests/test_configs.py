@@ -7,7 +7,8 @@ import pytest
 
 from resnet_lit.cli import ResNetCLI
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+# The CIFAR-10 configs (configs/cifar10/) need CIFAR-10 data: tests/test_cifar.py checks them.
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name != "cifar10")
 
 
 def test_the_promised_configs_exist():

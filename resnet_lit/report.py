@@ -1,0 +1,406 @@
+"""The paper's Fig. 6 and Table 6 from runs' TensorBoard logs.
+
+    python -m resnet_lit.report runs/plain20 runs/plain56 runs/r20 runs/r56 --out degradation.png --table degradation.md
+
+A RUN_DIR is a run's log folder (`lightning_logs/version_N`) or a folder holding
+`lightning_logs/version_*`, whose training runs are each taken. Several event files in one
+folder (a run resumed with `--ckpt_path last` appends a file) are merged: where a later file
+logs a step again, its values replace the earlier file's from that step on, as TensorBoard does.
+The figure: error (%) against iterations, training error thin and dashed, validation error bold,
+test error a star at the run's last iteration, one colour per depth, plain nets left and
+residual nets right (He et al. 2016, Fig. 6). The table is printed as Markdown (and written with
+`--table`); the figure needs matplotlib (`pip install "resnet-lit[plot]"`).
+"""
+
+import argparse
+import re
+import sys
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# He et al. 2016, Table 6: CIFAR-10 test error (%) of the residual nets. ResNet-110 is the best
+# of 5 runs (their mean: 6.61 ± 0.16). Table 6 lists no plain nets.
+PAPER_TABLE6 = {
+    "resnet20": 8.75,
+    "resnet32": 7.51,
+    "resnet44": 7.17,
+    "resnet56": 6.97,
+    "resnet110": 6.43,
+    "resnet1202": 7.93,
+}
+DATA_NAMES = {"FashionMNISTDataModule": "Fashion-MNIST", "CIFAR10DataModule": "CIFAR-10"}
+SMOOTH_ITERATIONS = 250
+INSTALL_PLOT = 'the figure needs matplotlib: pip install "resnet-lit[plot]" (or pip install matplotlib)'
+
+Curve = list[tuple[int, float]]
+
+
+class ReportError(ValueError):
+    """A RUN_DIR that holds no run this report can read."""
+
+
+@dataclass
+class Run:
+    """One training run: its log folder, its settings and its scalar curves."""
+
+    name: str
+    folder: Path
+    hparams: dict[str, Any]
+    data: str
+    curves: dict[str, Curve]
+    test_acc: float | None = None
+    tested: str = ""  # which checkpoint the test used
+    params: int = field(default=0)
+
+    @property
+    def arch(self) -> str:
+        return str(self.hparams.get("arch", "?"))
+
+    @property
+    def plain(self) -> bool:
+        return self.arch.startswith("plain")
+
+    @property
+    def depth(self) -> int:
+        digits = re.sub(r"\D", "", self.arch)
+        return int(digits) if digits else 0
+
+    @property
+    def label(self) -> str:
+        return f"plain-{self.depth}" if self.plain else f"ResNet-{self.depth}"
+
+    @property
+    def iterations(self) -> int:
+        steps = [step for tag in ("train/acc", "train/loss", "val/acc") for step, _ in self.curves.get(tag, [])]
+        return max(steps) + 1 if steps else 0
+
+
+# --- reading the logs -----------------------------------------------------------------------------
+
+
+def read_scalars(folder: Path) -> dict[str, Curve]:
+    """Every scalar tag of the event files in `folder`, merged in the order they were written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    merged: dict[str, Curve] = {}
+    for events in sorted(folder.glob("events.out.tfevents.*"), key=_written_at):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            points = sorted((e.step, e.value) for e in accumulator.Scalars(tag))
+            if not points:
+                continue
+            first = points[0][0]  # a resumed run logs again from here: the older file's rest is stale
+            merged[tag] = [p for p in merged.get(tag, []) if p[0] < first] + points
+    return merged
+
+
+def _written_at(events: Path) -> list[int | str]:
+    """events.out.tfevents.<unix time>.<host>.<pid>.<n>: the time first, numbers compared as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", events.name)]
+
+
+def version_number(folder: Path) -> int:
+    """N of a version_N folder; -1 for any other name."""
+    match = re.fullmatch(r"version_(\d+)", folder.name)
+    return int(match.group(1)) if match else -1
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    with path.open() as f:
+        return yaml.safe_load(f) or {}
+
+
+def _is_training_run(curves: dict[str, Curve]) -> bool:
+    return any(tag in curves for tag in ("train/acc", "train/loss", "val/acc"))
+
+
+def _run_folders(path: Path) -> list[Path]:
+    """The log folders a RUN_DIR names: itself, or its lightning_logs/version_* (numeric order)."""
+    if not path.is_dir():
+        raise ReportError(
+            f"{str(path)!r} is not a folder; give a lightning_logs/version_N folder or one holding lightning_logs/"
+        )
+    if any(path.glob("events.out.tfevents.*")):
+        return [path]
+    versions = sorted((p for p in (path / "lightning_logs").glob("version_*") if p.is_dir()), key=version_number)
+    if not versions:
+        raise ReportError(
+            f"{str(path)!r} holds no TensorBoard event files and no lightning_logs/version_* folders; "
+            "give a run's lightning_logs/version_N folder or the folder a run was started in"
+        )
+    return versions
+
+
+def _data_name(config: dict[str, Any]) -> str:
+    data = config.get("data")
+    class_path = data.get("class_path", "") if isinstance(data, dict) else ""
+    name = class_path.rsplit(".", 1)[-1]
+    return DATA_NAMES.get(name, name.removesuffix("DataModule") or "?")
+
+
+def _find_test(folder: Path, curves: dict[str, Curve]) -> tuple[float | None, str]:
+    """The test accuracy of a training run, and which checkpoint gave it.
+
+    A `test` logged into the run's own folder wins; otherwise the newest sibling version whose
+    config.yaml says it tested a checkpoint of this run (`ckpt_path: .../<this version>/checkpoints/X.ckpt`),
+    which is what `python -m resnet_lit test --ckpt_path <run>/checkpoints/X.ckpt` writes.
+    """
+    if "test/acc" in curves:
+        return curves["test/acc"][-1][1], "own folder"
+    siblings = sorted((p for p in folder.parent.glob("version_*") if p.is_dir() and p != folder), key=version_number)
+    for sibling in reversed(siblings):
+        ckpt = _read_yaml(sibling / "config.yaml").get("ckpt_path")
+        if not isinstance(ckpt, str):
+            continue
+        ckpt_path = Path(ckpt)
+        if ckpt_path.parent.name != "checkpoints" or ckpt_path.parent.parent.name != folder.name:
+            continue
+        if ckpt_path.is_absolute() and ckpt_path.parent.parent.resolve() != folder.resolve():
+            continue
+        test = read_scalars(sibling).get("test/acc")
+        if test:
+            return test[-1][1], ckpt_path.stem.split("-")[0]
+    return None, ""
+
+
+def load_runs(paths: list[Path]) -> list[Run]:
+    """The training runs in the given RUN_DIRs, with their curves, settings and test accuracy."""
+    runs = []
+    cache: dict[Path, dict[str, Curve]] = {}
+
+    def curves_of(folder: Path) -> dict[str, Curve]:
+        if folder not in cache:
+            cache[folder] = read_scalars(folder)
+        return cache[folder]
+
+    for path in paths:
+        training = [folder for folder in _run_folders(path) if _is_training_run(curves_of(folder))]
+        if not training:
+            raise ReportError(f"{str(path)!r} holds no training run (no train/acc or val/acc logged)")
+        for folder in training:
+            # Named after the folder the run was started in; with the version where it started several.
+            logs = folder.parent
+            root = logs.parent if logs.name == "lightning_logs" else logs
+            fits = [p for p in logs.glob("version_*") if p.is_dir() and _is_training_run(curves_of(p))]
+            name = root.resolve().name
+            if len(fits) > 1 or logs.name != "lightning_logs":
+                name = f"{name}/{folder.name}"
+            config = _read_yaml(folder / "config.yaml")
+            hparams = _read_yaml(folder / "hparams.yaml") or config.get("model") or {}
+            if "arch" not in hparams:
+                raise ReportError(f"{str(folder)!r} has no hparams.yaml or config.yaml naming its arch")
+            run = Run(name, folder, hparams, _data_name(config), curves_of(folder))
+            run.test_acc, run.tested = _find_test(folder, run.curves)
+            run.params = count_params(hparams)
+            runs.append(run)
+    return _unique_names(runs)
+
+
+def _unique_names(runs: list[Run]) -> list[Run]:
+    seen: dict[str, int] = {}
+    for run in runs:
+        seen[run.name] = seen.get(run.name, 0) + 1
+        if seen[run.name] > 1:
+            run.name = f"{run.name} ({seen[run.name]})"
+    return runs
+
+
+def count_params(hparams: dict[str, Any]) -> int:
+    """Parameters of the run's network, built from its hyperparameters (as the checkpoint would be)."""
+    from resnet_lit.models import build
+
+    options = {key: hparams.get(key) for key in ("shortcut", "stem", "stride_in_1x1", "zero_init_residual")}
+    net = build(
+        hparams["arch"],
+        in_channels=int(hparams.get("in_channels", 1)),
+        num_classes=int(hparams.get("num_classes", 10)),
+        **options,
+    )
+    return sum(p.numel() for p in net.parameters())
+
+
+# --- curves and the table -------------------------------------------------------------------------
+
+
+def error_curve(curve: Curve) -> Curve:
+    """Accuracy (0..1) to error (%)."""
+    return [(step, 100 * (1 - acc)) for step, acc in curve]
+
+
+def smoothed(curve: Curve, iterations: int = SMOOTH_ITERATIONS) -> Curve:
+    """Trailing mean: at each logged step, the mean of the values logged in the last `iterations` iterations."""
+    steps = [step for step, _ in curve]
+    values = [value for _, value in curve]
+    out = []
+    for i, step in enumerate(steps):
+        start = bisect_left(steps, step - iterations + 1)
+        window = values[start : i + 1]
+        out.append((step, sum(window) / len(window)))
+    return out
+
+
+def table_rows(runs: list[Run], smooth: int = SMOOTH_ITERATIONS) -> list[dict[str, str]]:
+    rows = []
+    for run in runs:
+        train = smoothed(error_curve(run.curves.get("train/acc", [])), smooth)
+        val = error_curve(run.curves.get("val/acc", []))
+        paper = PAPER_TABLE6.get(run.arch)
+        rows.append(
+            {
+                "run": run.name,
+                "data": run.data,
+                "arch": run.arch,
+                "depth": str(run.depth),
+                "params": f"{run.params:,}",
+                "iterations": f"{run.iterations:,}",
+                "train error (%)": _pct(train[-1][1] if train else None),
+                "best val error (%)": _pct(min(e for _, e in val) if val else None),
+                "final val error (%)": _pct(val[-1][1] if val else None),
+                "test error (%)": _pct(100 * (1 - run.test_acc) if run.test_acc is not None else None),
+                "tested": run.tested or "—",
+                "paper, CIFAR-10 (%)": f"{paper:.2f}" if paper is not None else "—",
+            }
+        )
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "—"
+
+
+def markdown(rows: list[dict[str, str]], smooth: int = SMOOTH_ITERATIONS) -> str:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row[key] for key in header) + " |" for row in rows]
+    notes = [
+        "",
+        f"- train error: mean of the `train/acc` batches logged in the last {smooth} iterations (augmented "
+        "images, BatchNorm in training mode, as the paper's training curves).",
+        "- val error: `val/acc` on the held-out split after each epoch; best and last.",
+        "- test error: `test/acc` logged in the run's folder, else in the newest sibling `version_*` whose "
+        "config.yaml `ckpt_path` is one of this run's checkpoints; `tested` names that checkpoint.",
+        "- paper: He et al. 2016, Table 6, CIFAR-10 test error (ResNet-110: best of 5 runs, mean 6.61 ± 0.16); "
+        "Table 6 lists no plain nets. Only comparable for runs on CIFAR-10 with the full schedule.",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+# --- the figure -----------------------------------------------------------------------------------
+
+
+def plot(runs: list[Run], out: Path, smooth: int = SMOOTH_ITERATIONS, ymax: float | None = None) -> None:
+    """Fig. 6's layout: plain nets left, ResNets right; dashed training error, bold validation error."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    depths = sorted({run.depth for run in runs})
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+    colour = {depth: palette[i % len(palette)] for i, depth in enumerate(depths)}
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    panels = fig.subplots(1, 2, sharex=True, sharey=True)
+    finals = []
+    for panel, plain, title in ((panels[0], True, "plain networks"), (panels[1], False, "residual networks")):
+        members = sorted((run for run in runs if run.plain == plain), key=lambda run: run.depth)
+        labels = [run.label for run in members]
+        for run in members:
+            c = colour[run.depth]
+            label = run.label if labels.count(run.label) == 1 else f"{run.label} ({run.name})"
+            train = smoothed(error_curve(run.curves.get("train/acc", [])), smooth)
+            val = error_curve(run.curves.get("val/acc", []))
+            if train:
+                panel.plot(*zip(*train, strict=True), color=c, linestyle="--", linewidth=1)
+                finals.append(train[-1][1])
+            if val:
+                panel.plot(*zip(*val, strict=True), color=c, linewidth=2.5, label=label)
+                finals.append(val[-1][1])
+            if run.test_acc is not None:
+                test = 100 * (1 - run.test_acc)
+                panel.plot([max(run.iterations - 1, 0)], [test], color=c, marker="*", markersize=12, linestyle="none")
+                finals.append(test)
+        panel.set_title(title)
+        panel.set_xlabel("iterations")
+        panel.grid(alpha=0.3)
+        if members:
+            panel.legend(loc="upper right")
+        else:
+            panel.text(0.5, 0.5, "no runs", ha="center", va="center", transform=panel.transAxes, color="gray")
+    panels[0].set_ylabel("error (%)")
+    top = ymax if ymax is not None else min(100.0, max(5.0, 2 * max(finals, default=50.0)))
+    panels[0].set_ylim(0, top)
+    styles = [
+        Line2D([], [], color="black", linestyle="--", linewidth=1, label=f"training (mean of last {smooth} iter.)"),
+        Line2D([], [], color="black", linewidth=2.5, label="validation"),
+        Line2D([], [], color="black", marker="*", markersize=10, linestyle="none", label="test"),
+    ]
+    fig.legend(handles=styles, loc="outside lower center", ncols=3, frameon=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_lit.report",
+        description="Draw He et al. 2016's Fig. 6 (plain vs residual, error against iterations) and "
+        "tabulate the runs next to its Table 6, from the runs' TensorBoard event files.",
+    )
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR",
+        help="a lightning_logs/version_N folder, or a folder holding lightning_logs/",
+    )
+    parser.add_argument("--out", type=Path, help="the figure to write (PNG, PDF, SVG: by the suffix)")
+    parser.add_argument("--table", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument(
+        "--smooth",
+        type=int,
+        default=SMOOTH_ITERATIONS,
+        help="training error: mean of the batches logged in the last SMOOTH iterations (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ymax", type=float, help="top of the error axis in %% (default: twice the largest final error)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.smooth < 1:
+        return _fail(f"--smooth must be 1 or more iterations, got {args.smooth}")
+    try:
+        runs = load_runs(args.run_dirs)
+    except ReportError as err:
+        return _fail(str(err))
+    table = markdown(table_rows(runs, args.smooth), args.smooth)
+    print(table, end="")
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table)
+    if args.out:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _fail(INSTALL_PLOT, code=1)
+        plot(runs, args.out, args.smooth, args.ymax)
+        print(f"figure: {args.out}")
+    return 0
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Train a list of configs one after another, test each, then draw the report.
+
+    python -m resnet_lit.sweep configs/plain20.yaml configs/plain56.yaml configs/r20.yaml configs/r56.yaml \\
+        --report degradation.png --trainer.max_epochs 3
+
+Each config runs in its own process, in `<root>/<config name>/` (default root: runs/):
+`python -m resnet_lit fit --config C`, then `python -m resnet_lit test` on the run's best
+checkpoint, with their output in fit.log and test.log there. Any other argument is passed to
+every fit and test (`--trainer.max_epochs 3`, `--data.data_dir X`).
+
+- A failed run does not stop the others; the failures are listed at the end (exit code 1).
+- A finished run is not redone: its folder's `done` marker records how it ran, so running the
+  same command again only does what is missing. An interrupted fit resumes from its last.ckpt;
+  a fit that finished is not repeated for a test that failed.
+- A folder started with other arguments (another config, other extra arguments) is refused
+  rather than mixing two settings in one folder: delete it (or pick another --root).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from resnet_lit import report
+
+# In each run's folder: the arguments it was started with, then a marker per finished stage.
+SETTINGS = "sweep.json"
+FIT_DONE = "fit.json"  # the fit finished; the test had not (yet)
+DONE = "done"  # fit and test finished: timings, commands, the fit's log folder and best checkpoint
+RESERVED = ("--trainer.default_root_dir", "--ckpt_path", "--config", "-c")  # the sweep sets these per run
+
+
+@dataclass
+class Job:
+    """One config of the sweep and the folder it runs in."""
+
+    config: Path
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+class RunFailed(Exception):
+    """A run's fit or test failed; the message says which and where its log is."""
+
+
+def jobs_for(configs: list[Path], root: Path) -> list[Job]:
+    """One folder per config, named after the file; its parent folder's name is added where names clash."""
+    stems = [config.stem for config in configs]
+    names = [f"{c.parent.name}-{c.stem}" if stems.count(c.stem) > 1 else c.stem for c in configs]
+    clashes = {name for name in names if names.count(name) > 1}
+    if clashes:
+        raise ValueError(f"configs given twice (or with the same folder and file names): {', '.join(sorted(clashes))}")
+    return [Job(config, root / name) for config, name in zip(configs, names, strict=True)]
+
+
+def run_job(job: Job, extra: list[str], python: list[str]) -> dict:
+    """Fit and test one config, unless its `done` marker says it already ran; returns the marker."""
+    args = [str(job.config), *extra]
+    settings, marker, fit_marker = job.folder / SETTINGS, job.folder / DONE, job.folder / FIT_DONE
+    recorded = _read_json(settings).get("args") if settings.is_file() else None
+    if recorded is not None and recorded != args:
+        raise RunFailed(
+            f"{job.folder} was started with other arguments ({' '.join(recorded)}); delete it "
+            f"(or use another --root) to train {' '.join(args)}"
+        )
+    if marker.is_file():
+        print(f"{job.name}: finished before, skipped ({marker})", flush=True)
+        return _read_json(marker)
+    job.folder.mkdir(parents=True, exist_ok=True)
+    if recorded is None:
+        settings.write_text(json.dumps({"args": args}, indent=2) + "\n")
+
+    if fit_marker.is_file():
+        fit = _read_json(fit_marker)
+        print(f"{job.name}: fit finished before ({fit_marker}); testing", flush=True)
+    else:
+        fit = _fit(job, extra, python)
+        fit_marker.write_text(json.dumps(fit, indent=2) + "\n")
+    command = [*python, "test", "--config", str(job.config), "--ckpt_path", fit["best_ckpt"], *_base(job), *extra]
+    test_seconds = _call(command, job.folder / "test.log", f"{job.name}: test")
+    done = {**fit, "test_seconds": round(test_seconds, 1), "test_command": command}
+    marker.write_text(json.dumps(done, indent=2) + "\n")
+    fit_marker.unlink()
+    return done
+
+
+def _fit(job: Job, extra: list[str], python: list[str]) -> dict:
+    resume = _last_checkpoint(job.folder) is not None
+    command = [*python, "fit", "--config", str(job.config), *_base(job), *extra]
+    if resume:  # an interrupted fit: go on from its last.ckpt, in its log folder (resnet_lit.cli)
+        command += ["--ckpt_path", "last"]
+    fit_seconds = _call(command, job.folder / "fit.log", f"{job.name}: fit" + (" (resuming)" if resume else ""))
+    last = _last_checkpoint(job.folder)
+    if last is None:
+        raise RunFailed(f"{job.name}: fit wrote no checkpoint (see {job.folder / 'fit.log'})")
+    return {
+        "config": str(job.config),
+        "fit_dir": str(last.parents[1]),
+        "best_ckpt": str(_best_checkpoint(last)),
+        "fit_seconds": round(fit_seconds, 1),
+        "fit_command": command,
+    }
+
+
+def _base(job: Job) -> list[str]:
+    # Logs and checkpoints in the job's folder; no progress bar in a log file.
+    return [f"--trainer.default_root_dir={job.folder}", "--trainer.enable_progress_bar=false"]
+
+
+def _call(command: list[str], log: Path, what: str) -> float:
+    print(f"{what} ... (log: {log})", flush=True)
+    start = time.monotonic()
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - start
+    if code != 0:
+        raise RunFailed(f"{what} failed with exit code {code} after {seconds:.0f} s; {_last_line(log)} (log: {log})")
+    print(f"{what}: {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def _last_line(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return f"last line: {lines[-1]!r}" if lines else "no output"
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    """The newest run's last.ckpt under folder/lightning_logs/version_*/checkpoints/."""
+    found = folder.glob("lightning_logs/version_*/checkpoints/last.ckpt")
+    return max(found, key=lambda last: report.version_number(last.parents[1]), default=None)
+
+
+def _best_checkpoint(last: Path) -> Path:
+    """The checkpoint ModelCheckpoint judged best (by val/acc), as recorded in last.ckpt; else last.ckpt."""
+    state = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
+    for key, value in state.items():
+        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+            best = Path(value["best_model_path"])
+            if best.is_file():
+                return best
+    return last
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}  # a marker written by something else (a shell script): finished, settings unknown
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_lit.sweep",
+        description="Train configs one after another (each fit, then test on its best checkpoint, in its "
+        "own process and folder), skip those already finished, then draw the report. Arguments not "
+        "listed here (e.g. --trainer.max_epochs 3 --data.data_dir X) are passed to every run.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("configs", nargs="+", type=Path, metavar="CONFIG", help="YAML configs, e.g. configs/r20.yaml")
+    parser.add_argument("--root", type=Path, default=Path("runs"), help="where the runs' folders go (default: runs)")
+    parser.add_argument("--report", type=Path, metavar="FILE.png", help="draw the report's figure here at the end")
+    parser.add_argument("--table", type=Path, metavar="FILE.md", help="write the report's table here at the end")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
+    args, extra = parse_args(argv)
+    python = python or [sys.executable, "-m", "resnet_lit"]
+    for config in args.configs:
+        if config.suffix not in (".yaml", ".yml") or not config.is_file():
+            return _fail(
+                f"config {str(config)!r} is not a YAML file; give the configs first, then the sweep's "
+                "options and the arguments for every run (e.g. configs/r20.yaml --trainer.max_epochs 3)"
+            )
+    reserved = [arg for arg in extra if arg.split("=", 1)[0] in RESERVED]
+    if reserved:
+        return _fail(
+            f"{reserved[0].split('=', 1)[0]} is set by the sweep for each run; use --root to choose where runs go"
+        )
+    try:
+        jobs = jobs_for(args.configs, args.root)
+    except ValueError as err:
+        return _fail(str(err))
+
+    finished, failures = [], []
+    for i, job in enumerate(jobs, 1):
+        print(f"[{i}/{len(jobs)}] {job.name} ({job.config})", flush=True)
+        try:
+            done = run_job(job, extra, python)
+        except RunFailed as err:
+            print(f"FAILED: {err}", flush=True)
+            failures.append(str(err))
+            continue
+        finished.append(Path(done["fit_dir"]) if done.get("fit_dir") else job.folder)
+
+    code = 0
+    if finished:
+        report_args = [str(path) for path in finished]
+        report_args += ["--out", str(args.report)] if args.report else []
+        report_args += ["--table", str(args.table)] if args.table else []
+        print(f"\nreport on {len(finished)} run(s):", flush=True)
+        code = report.main(report_args)
+    if failures:
+        print(f"\n{len(failures)} of {len(jobs)} run(s) failed:", file=sys.stderr)
+        for failure in failures:
+            print(f"- {failure}", file=sys.stderr)
+        return 1
+    return 1 if code else 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The report: event files the tests write themselves, and two real short runs on the stand-in data."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+
+from resnet_lit import report
+from resnet_lit.cli import main as cli_main
+from resnet_lit.models import build
+
+
+def write_events(folder: Path, scalars: dict[str, list[tuple[int, float]]]) -> None:
+    """One event file, as one (possibly resumed) process writes it."""
+    writer = SummaryWriter(str(folder))
+    for tag, points in scalars.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, step)
+    writer.close()
+
+
+def same(curve, expected) -> bool:
+    """Same steps, values equal to float32 precision (event files store float32)."""
+    return [s for s, _ in curve] == [s for s, _ in expected] and [v for _, v in curve] == pytest.approx(
+        [v for _, v in expected]
+    )
+
+
+def fake_run(root: Path, version: int, arch: str = "resnet20", **scalars) -> Path:
+    """lightning_logs/version_N with hparams.yaml, config.yaml and the given scalar curves."""
+    folder = root / "lightning_logs" / f"version_{version}"
+    folder.mkdir(parents=True)
+    hparams = {"arch": arch, "in_channels": 1, "num_classes": 10, "shortcut": None, "stem": None}
+    (folder / "hparams.yaml").write_text(yaml.safe_dump(hparams))
+    config = {"model": {"arch": arch}, "data": {"class_path": "resnet_lit.FashionMNISTDataModule"}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    write_events(folder, {tag.replace("_", "/"): points for tag, points in scalars.items()})
+    return folder
+
+
+def fake_test(root: Path, version: int, ckpt_path: str, acc: float) -> Path:
+    """What `python -m resnet_lit test --ckpt_path X` leaves: config.yaml naming X, and test/acc."""
+    folder = root / "lightning_logs" / f"version_{version}"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"ckpt_path": ckpt_path, "model": {"arch": "resnet20"}}))
+    write_events(folder, {"test/acc": [(0, acc)], "test/loss": [(0, 0.5)]})
+    return folder
+
+
+# --- reading event files ----------------------------------------------------------------------------
+
+
+def test_reads_the_scalars_a_writer_wrote(tmp_path):
+    write_events(tmp_path, {"train/acc": [(0, 0.1), (50, 0.4), (100, 0.6)], "val/acc": [(99, 0.55)]})
+    curves = report.read_scalars(tmp_path)
+    assert same(curves["train/acc"], [(0, 0.1), (50, 0.4), (100, 0.6)])
+    assert same(curves["val/acc"], [(99, 0.55)])
+
+
+def test_a_resumed_run_merges_its_event_files_later_file_wins_from_its_first_step(tmp_path):
+    # The first process logged up to step 150 but its last checkpoint was at step 100: the resumed
+    # process logs 100.. again, so the first file's 100 and 150 are stale.
+    write_events(tmp_path, {"train/acc": [(0, 0.1), (50, 0.2), (100, 0.3), (150, 0.4)], "val/acc": [(99, 0.25)]})
+    write_events(tmp_path, {"train/acc": [(100, 0.35), (150, 0.45), (200, 0.5)], "val/acc": [(199, 0.5)]})
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    curves = report.read_scalars(tmp_path)
+    assert same(curves["train/acc"], [(0, 0.1), (50, 0.2), (100, 0.35), (150, 0.45), (200, 0.5)])
+    assert same(curves["val/acc"], [(99, 0.25), (199, 0.5)])
+
+
+def test_event_files_are_merged_in_the_order_they_were_written(tmp_path):
+    for name, value in (
+        ("events.out.tfevents.1700000010.host.7.0", 0.9),
+        ("events.out.tfevents.1700000009.host.7.0", 0.1),
+    ):
+        scratch = tmp_path / "scratch"
+        write_events(scratch, {"val/acc": [(0, value)]})
+        next(scratch.glob("events.*")).rename(tmp_path / name)
+    assert same(report.read_scalars(tmp_path)["val/acc"], [(0, 0.9)])  # 1700000010 is the later one
+
+
+# --- finding runs and their tests ---------------------------------------------------------------------
+
+
+def test_a_folder_of_versions_and_a_version_folder_give_the_same_run_and_its_test(tmp_path):
+    root = tmp_path / "r20"
+    fit = fake_run(root, 0, train_acc=[(0, 0.1), (10, 0.5)], val_acc=[(9, 0.4), (19, 0.6)])
+    fake_test(root, 1, "lightning_logs/version_0/checkpoints/best-epoch=001-val_acc=0.6000.ckpt", acc=0.62)
+    for given in (root, fit):
+        [run] = report.load_runs([given])
+        assert run.name == "r20" and run.folder == fit and run.arch == "resnet20"
+        assert run.test_acc == pytest.approx(0.62) and run.tested == "best"
+        assert run.params == sum(p.numel() for p in build("resnet20", in_channels=1, num_classes=10).parameters())
+
+
+def test_each_training_run_of_a_folder_gets_its_own_test(tmp_path):
+    fake_run(tmp_path, 0, "plain20", train_acc=[(0, 0.1)], val_acc=[(9, 0.3)])
+    fake_run(tmp_path, 1, "plain56", train_acc=[(0, 0.1)], val_acc=[(9, 0.2)])
+    fake_test(tmp_path, 2, str(tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt"), acc=0.25)
+    runs = report.load_runs([tmp_path])
+    assert [(r.name.split("/")[-1], r.arch) for r in runs] == [("version_0", "plain20"), ("version_1", "plain56")]
+    assert runs[0].test_acc is None and runs[1].test_acc == pytest.approx(0.25) and runs[1].tested == "last"
+
+
+def test_a_test_of_another_folders_checkpoint_is_not_taken(tmp_path):
+    fake_run(tmp_path / "a", 0, val_acc=[(9, 0.3)])
+    fake_test(tmp_path / "a", 1, str(tmp_path / "b/lightning_logs/version_0/checkpoints/last.ckpt"), acc=0.9)
+    [run] = report.load_runs([tmp_path / "a"])
+    assert run.test_acc is None
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "nowhere", "is not a folder"),
+        (lambda p: p, "holds no TensorBoard event files"),
+        (lambda p: fake_test(p, 0, "x.ckpt", 0.5).parents[1], "holds no training run"),
+    ],
+)
+def test_bad_run_dirs_end_in_one_line_and_exit_2(tmp_path, capsys, make, message):
+    assert report.main([str(make(tmp_path)), "--out", str(tmp_path / "fig.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "fig.png").exists()
+
+
+# --- curves and table -------------------------------------------------------------------------------
+
+
+def test_training_error_is_a_trailing_mean_over_iterations():
+    curve = [(0, 90.0), (50, 70.0), (100, 50.0), (400, 10.0)]
+    assert same(report.smoothed(curve, iterations=101), [(0, 90), (50, 80), (100, 70), (400, 10)])
+    assert same(report.smoothed(curve, iterations=1), curve)
+
+
+def test_table_has_errors_in_percent_and_the_papers_number(tmp_path):
+    fake_run(
+        tmp_path / "r20", 0, train_acc=[(0, 0.2), (300, 0.8), (400, 0.9)], val_acc=[(99, 0.7), (199, 0.85), (299, 0.8)]
+    )
+    fake_run(tmp_path / "p20", 0, "plain20", val_acc=[(99, 0.5)])
+    fake_test(tmp_path / "r20", 1, "lightning_logs/version_0/checkpoints/last.ckpt", acc=0.9125)
+    rows = report.table_rows(report.load_runs([tmp_path / "r20", tmp_path / "p20"]), smooth=250)
+    r20, p20 = rows
+    assert r20["train error (%)"] == "15.00"  # mean of 80% and 90% accuracy, the batches in the last 250 iterations
+    assert (r20["best val error (%)"], r20["final val error (%)"], r20["test error (%)"]) == ("15.00", "20.00", "8.75")
+    assert r20["paper, CIFAR-10 (%)"] == "8.75" and r20["params"] == "269,434" and r20["iterations"] == "401"
+    assert p20["paper, CIFAR-10 (%)"] == "—" and p20["test error (%)"] == "—" and p20["train error (%)"] == "—"
+    text = report.markdown(rows)
+    assert text.splitlines()[0].startswith("| run | data | arch | depth | params |")
+    assert "He et al. 2016, Table 6" in text
+
+
+def test_without_matplotlib_the_table_prints_and_one_line_says_how_to_install(tmp_path, capsys, monkeypatch):
+    fake_run(tmp_path / "r20", 0, val_acc=[(9, 0.5)])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    code = report.main([str(tmp_path / "r20"), "--out", str(tmp_path / "fig.png"), "--table", str(tmp_path / "t.md")])
+    assert code == 1
+    out, err = capsys.readouterr()
+    assert "| r20 |" in out and (tmp_path / "t.md").is_file()
+    assert err.strip() == f"error: {report.INSTALL_PLOT}" and 'pip install "resnet-lit[plot]"' in err
+    assert not (tmp_path / "fig.png").exists()
+
+
+# --- two real short runs ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, fashion_root) -> Path:
+    """plain8 and resnet8, one epoch each on the stand-in, each tested on its best checkpoint."""
+    root = tmp_path_factory.mktemp("runs")
+    data = [f"--data.data_dir={fashion_root}", "--data.download=false", "--data.val_size=100", "--data.batch_size=50"]
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["resnet_lit"])
+        for arch in ("plain8", "resnet8"):
+            out = f"--trainer.default_root_dir={root / arch}"
+            fit = ["--model.arch", arch, "--trainer.max_epochs=2", "--trainer.log_every_n_steps=2"]
+            cli_main(["fit", *fit, *data, *quiet, out])
+            [best] = (root / arch / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt")
+            cli_main(["test", f"--ckpt_path={best}", *data, *quiet, out])
+    return root
+
+
+@pytest.mark.slow  # trains two nets for 2 epochs each
+def test_report_on_two_short_runs_writes_a_png_and_the_table(two_runs, tmp_path, capsys):
+    out, table = tmp_path / "figs" / "degradation.png", tmp_path / "degradation.md"
+    runs = [str(two_runs / "plain8"), str(two_runs / "resnet8" / "lightning_logs" / "version_0")]
+    assert report.main([*runs, "--out", str(out), "--table", str(table)]) == 0
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size == (1440, 576)  # 12 x 4.8 inches at 120 dpi
+        assert len(png.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # drawn, not blank
+    text = table.read_text()
+    assert capsys.readouterr().out.startswith(text)
+    rows = [
+        line.split(" | ") for line in text.splitlines() if line.startswith("| plain8") or line.startswith("| resnet8")
+    ]
+    assert [row[2] for row in rows] == ["plain8", "resnet8"]
+    for row in rows:
+        assert row[1] == "Fashion-MNIST" and row[5] == "20"  # 2 epochs of 10 batches
+        assert all(0 <= float(v) <= 100 for v in row[6:10])  # train, best val, final val, test error
+        assert row[10] == "best"
+
+
+@pytest.mark.slow  # shares the runs above
+def test_python_m_resnet_lit_report(two_runs, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "resnet_lit.report", str(two_runs / "resnet8"), "--out", str(tmp_path / "f.png")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| resnet8 | Fashion-MNIST | resnet8 | 8 |" in done.stdout
+    assert (tmp_path / "f.png").stat().st_size > 10_000

@@ -1,0 +1,108 @@
+"""The sweep: real `python -m resnet_lit` processes on the stand-in data, one after another."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from resnet_lit import sweep
+
+
+def write_config(folder: Path, name: str, arch: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"seed_everything: 0\ntrainer:\n  max_epochs: 1\n  log_every_n_steps: 2\nmodel:\n  arch: {arch}\n")
+    return path
+
+
+def test_extra_arguments_go_to_every_run_and_the_sweeps_own_are_taken(tmp_path):
+    args, extra = sweep.parse_args(
+        ["a.yaml", "b.yaml", "--report", "x.png", "--trainer.max_epochs", "3", "--data.data_dir=d", "--root", "r"]
+    )
+    assert args.configs == [Path("a.yaml"), Path("b.yaml")]
+    assert (args.report, args.root, args.table) == (Path("x.png"), Path("r"), None)
+    assert extra == ["--trainer.max_epochs", "3", "--data.data_dir=d"]
+
+
+def test_runs_are_named_after_their_configs_with_the_folder_where_names_clash(tmp_path):
+    jobs = sweep.jobs_for(
+        [Path("configs/r20.yaml"), Path("configs/cifar10/r20.yaml"), Path("configs/r56.yaml")], tmp_path
+    )
+    assert [job.folder for job in jobs] == [tmp_path / "configs-r20", tmp_path / "cifar10-r20", tmp_path / "r56"]
+    with pytest.raises(ValueError, match="given twice"):
+        sweep.jobs_for([Path("configs/r20.yaml"), Path("configs/r20.yaml")], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--trainer.max_epochs", "3", "CONFIG"], "config '3' is not a YAML file; give the configs first"),
+        (["CONFIG", "--trainer.default_root_dir=x"], "--trainer.default_root_dir is set by the sweep"),
+        (["CONFIG", "CONFIG"], "configs given twice"),
+    ],
+)
+def test_bad_input_ends_in_one_line_before_anything_runs(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, "r8", "resnet8")
+    argv = [str(config) if a == "CONFIG" else a for a in argv]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # 5 processes: a failing fit, a fit and a test, and again on the rerun
+def test_a_failed_run_does_not_stop_the_next_and_a_rerun_skips_finished_runs(tmp_path, data_args, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = write_config(tmp_path, "broken", "resnet7")  # not 6n+2: the CLI refuses it
+    good = write_config(tmp_path, "r8", "resnet8")
+    argv = [str(bad), str(good), "--report", "fig.png", "--table", "table.md", *data_args]
+
+    assert sweep.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "broken: fit failed with exit code 2" in err and "unknown depth 7" in err
+    done = json.loads((tmp_path / "runs/r8/done").read_text())
+    assert done["fit_dir"] == str(Path("runs/r8/lightning_logs/version_0"))
+    assert Path(done["best_ckpt"]).name.startswith("best-") and Path(done["best_ckpt"]).is_file()
+    assert done["fit_seconds"] > 0 and done["test_seconds"] > 0
+    assert sorted(p.name for p in (tmp_path / "runs/r8/lightning_logs").iterdir()) == ["version_0", "version_1"]
+    assert "test/acc" in (tmp_path / "runs/r8/test.log").read_text()
+    with Image.open(tmp_path / "fig.png") as png:
+        assert png.format == "PNG"
+    table = (tmp_path / "table.md").read_text()
+    assert "| r8 | Fashion-MNIST | resnet8 |" in table and "broken" not in table
+    assert "| best |" in table  # the test of the best checkpoint was found
+
+    marker = (tmp_path / "runs/r8/done").stat().st_mtime_ns
+    assert sweep.main(argv) == 1  # the broken config still fails
+    out, err = capsys.readouterr()
+    assert "r8: finished before, skipped" in out and "r8: fit ..." not in out
+    assert (tmp_path / "runs/r8/done").stat().st_mtime_ns == marker
+    assert sorted(p.name for p in (tmp_path / "runs/r8/lightning_logs").iterdir()) == ["version_0", "version_1"]
+    assert "| r8 | Fashion-MNIST | resnet8 |" in (tmp_path / "table.md").read_text()
+
+    # The same folder with other arguments is refused, not mixed or silently skipped.
+    assert sweep.main([str(good), "--trainer.max_epochs=2", *data_args]) == 1
+    assert "was started with other arguments" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # 3 processes: an interrupted fit, its resumption, the test
+def test_an_interrupted_fit_resumes_from_its_last_checkpoint(tmp_path, data_args, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, "r8", "resnet8")
+    # The first attempt stops after 1 of 2 epochs, as a killed run would, leaving last.ckpt behind.
+    python = [sys.executable, "-m", "resnet_lit"]
+    argv = [str(config), "--trainer.max_epochs=2", *data_args]
+    (tmp_path / "runs/r8").mkdir(parents=True)
+    (tmp_path / "runs/r8/sweep.json").write_text(json.dumps({"args": [str(config), *argv[1:]]}))
+    interrupted = [*python, "fit", "--config", str(config), "--trainer.default_root_dir=runs/r8", *argv[1:]]
+    sweep._call([*interrupted, "--trainer.max_epochs=1"], tmp_path / "runs/r8/fit.log", "first attempt")
+
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "r8: fit (resuming)" in out
+    logs = sorted(p.name for p in (tmp_path / "runs/r8/lightning_logs").iterdir())
+    assert logs == ["version_0", "version_1"]  # the resumed fit went on in version_0; the test is version_1
+    assert len(list((tmp_path / "runs/r8/lightning_logs/version_0").glob("events.out.tfevents.*"))) == 2
+    assert "| r8 | Fashion-MNIST | resnet8 | 8 | 75,002 | 20 |" in out  # both epochs, one run
