@@ -52,6 +52,11 @@ class ResNetClassifier(LightningModule):
             below `warmup_until_error`, then go back to the schedule (the paper's ResNet-110
             recipe: 0.01 until below 80%); None: no warm-up.
         warmup_until_error: the training error that ends the warm-up.
+        channels_last: keep the network's weights and its input batches in channels-last
+            (NHWC) memory format, which GPU convolutions (tensor cores, bf16) run faster.
+        compile: compile the network with `torch.compile` when training or evaluation starts;
+            the first steps take longer (compilation), later ones run faster. Checkpoints keep
+            plain parameter names, so they load with compile off.
     """
 
     def __init__(
@@ -76,6 +81,8 @@ class ResNetClassifier(LightningModule):
         step_size: int = 30,
         warmup_lr: float | None = None,
         warmup_until_error: float = 0.8,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # He et al. 2016, Sec. 4.2: divide by 10 at 32k and 48k iterations (CIFAR-10, batch 128).
@@ -110,6 +117,8 @@ class ResNetClassifier(LightningModule):
         self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run remembers it
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # a no-op where it already is
         return self.net(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -166,6 +175,16 @@ class ResNetClassifier(LightningModule):
         warmup_factor = hp.warmup_lr / hp.lr if hp.warmup_lr is not None else None
         schedule = Schedule(hp.schedule, self.milestones, hp.gamma, hp.step_size, total, warmup_factor)
         return LambdaLR(optimizer, schedule)
+
+    def configure_model(self) -> None:
+        # Lightning calls this before every fit/validate/test/predict, before the move to the device.
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
+            # nn.Module.compile compiles the module in place, so its state_dict keys stay as they are
+            # (torch.compile(net) would wrap it and prefix every key with "_orig_mod.").
+            # dynamic=False: one static graph per batch shape (training, evaluation, a last partial batch).
+            self.net.compile(dynamic=False)
 
     def on_train_batch_end(self, outputs: Any, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         scheduler = self.lr_schedulers()
