@@ -1,8 +1,9 @@
 """The speed options: each is a switch, and each leaves what the network learns unchanged.
 
 channels_last, bf16-mixed and compile change the arithmetic (another memory layout, another
-precision, fused kernels), so their runs agree with the default one within noise; on_device
-feeds the very same batches, so its run agrees to the bit.
+precision, fused kernels), so runs with and without them agree within noise; on_device feeds
+the very same batches, so runs with and without it agree to the bit. on_device and
+channels_last are on by default.
 """
 
 import sys
@@ -126,10 +127,11 @@ def test_pinned_batches_are_copied_non_blocking(fashion_root, monkeypatch):
     assert datamodule(fashion_root, pin_memory=True, on_device=False).train_dataloader().pin_memory
     # Lightning moves every batch with `Tensor.to(device, non_blocking=True)` (CPU excepted), which
     # overlaps the copy of a pinned batch with the GPU's work; record it without a GPU.
+    model = ResNetClassifier(arch="resnet8")
+    batch = (torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
     calls = []
     monkeypatch.setattr(torch.Tensor, "to", lambda self, *args, **kwargs: calls.append(kwargs) or self)
-    batch = (torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
-    ResNetClassifier(arch="resnet8").transfer_batch_to_device(batch, torch.device("cuda", 0), 0)
+    model.transfer_batch_to_device(batch, torch.device("cuda", 0), 0)
     assert calls == [{"non_blocking": True}] * 2
 
 
@@ -143,19 +145,22 @@ def channels_last(model: ResNetClassifier) -> bool:
 
 def test_channels_last_changes_the_layout_not_the_function():
     torch.manual_seed(0)
-    model = ResNetClassifier(arch="resnet8", channels_last=True).eval()
-    reference = ResNetClassifier(arch="resnet8").eval()
+    model = ResNetClassifier(arch="resnet8").eval()  # channels_last by default
+    reference = ResNetClassifier(arch="resnet8", channels_last=False).eval()
     reference.load_state_dict(model.state_dict())
-    model.configure_model()  # what Lightning calls before fit, validate, test and predict
     assert channels_last(model) and not channels_last(reference)
+    model.to(torch.float64)  # a move keeps the layout
+    model.to(torch.float32)
+    assert channels_last(model)
     images = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(model(images), reference(images), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow  # a short fit
-def test_channels_last_learns_as_the_default(default_run, tmp_path, fashion_root):
-    cli = fit(tmp_path, fashion_root, "--model.channels_last=true")
-    assert channels_last(cli.model)
+def test_channels_last_learns_as_nchw(default_run, tmp_path, fashion_root):
+    assert channels_last(default_run.model)  # the default
+    cli = fit(tmp_path, fashion_root, "--model.channels_last=false")
+    assert not channels_last(cli.model)
     assert val_acc(cli) == pytest.approx(val_acc(default_run), abs=NOISE)
 
 
