@@ -122,7 +122,7 @@ class Alternate(Callback):
         self.handwritten.append(self._last - start)
 
 
-def run(arch: str, data_dir: str, warmup: int, steps: int, repeats: int) -> Alternate:
+def run(arch: str, data_dir: str, warmup: int, steps: int, repeats: int, extra: list[str]) -> Alternate:
     with tempfile.TemporaryDirectory() as root:
         cli = ResNetCLI(
             args=[
@@ -132,6 +132,7 @@ def run(arch: str, data_dir: str, warmup: int, steps: int, repeats: int) -> Alte
                 f"--trainer.default_root_dir={root}",
                 f"--data.data_dir={data_dir}",
                 "--data.download=false",
+                *extra,
             ],
             run=False,
         )
@@ -149,13 +150,19 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet8", help="the network, as --model.arch")
     parser.add_argument("--steps", type=int, default=LOG_EVERY, help="steps per timed window")
     parser.add_argument("--warmup", type=int, default=10, help="steps left out at the start")
+    parser.add_argument(
+        "--cli",
+        nargs="*",
+        default=[],
+        help="more options for the Lightning side, e.g. --cli=--trainer.precision=bf16-mixed",
+    )
     parser.set_defaults(repeats=3)  # windows
     args = parser.parse_args()
     set_threads(args.threads)
     quiet_lightning()
     check_fashion_mnist(args.data_dir)
 
-    alternate = run(args.arch, args.data_dir, args.warmup, args.steps, args.repeats)
+    alternate = run(args.arch, args.data_dir, args.warmup, args.steps, args.repeats, args.cli)
     windows = [slice(args.warmup + i * args.steps, args.warmup + (i + 1) * args.steps) for i in range(args.repeats)]
     times = {
         "hand-written loop": [sum(alternate.handwritten[w]) / args.steps for w in windows],
