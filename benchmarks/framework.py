@@ -1,6 +1,6 @@
 """Lightning's cost per training step: `Trainer.fit` of our product against a hand-written loop.
 
-    python benchmarks/framework.py [--arch resnet8] [--steps 50] [--warmup 10] [--repeats 3]
+    python benchmarks/framework.py [--arch resnet8] [--steps 50] [--warmup 10] [--repeats 3] [--cli=--trainer.X=Y ...]
 
 Both sides train the same network (`--arch`, as `ResNetClassifier` builds it with its defaults,
 channels-last included) on the same in-memory Fashion-MNIST batches of 128, with the same device-side

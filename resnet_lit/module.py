@@ -127,8 +127,8 @@ class ResNetClassifier(LightningModule):
         images, targets = batch
         logits = self(images)
         loss = F.cross_entropy(logits, targets)
-        # The batch's accuracy as a plain tensor: Lightning logs a Metric object at ~3 ms a step,
-        # more than the rest of its training loop costs (benchmarks/framework.py).
+        # The batch's accuracy as a plain tensor: a logged Metric object made Lightning's step cost
+        # more than 3% over a hand-written loop's (docs/performance.md, benchmarks/framework.py).
         self.train_acc_batch = (logits.argmax(dim=1) == targets).float().mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc_batch, prog_bar=True)
