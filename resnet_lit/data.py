@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision.datasets import CIFAR10, FashionMNIST, VisionDataset
 
+from resnet_lit.device_data import DeviceBatches, to_device
 from resnet_lit.transforms import normalize, random_crop, random_hflip, resize, seeded_generator
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -98,7 +99,13 @@ class InMemoryImageDataModule(LightningDataModule):
         std: per-channel standard deviation; None: the training set's.
         resize: resize every batch to `resize` x `resize` on the device (None: native size).
         predict_dir: a folder of images to classify with `predict`; None: the test set.
-        pin_memory: page-locked host batches, for faster, non-blocking copies to a GPU.
+        pin_memory: page-locked host batches, for faster, non-blocking copies to a GPU (where
+            the batches come from a DataLoader; see `on_device`).
+        on_device: copy the data set to the training device once and cut the training,
+            validation and test batches there (`resnet_lit.device_data`): no host work per
+            batch, and the same batches as a DataLoader's. A DataLoader is used instead with
+            `num_workers` > 0, in multi-process runs (where Lightning's distributed sampler
+            shards the data) and for `predict`.
     """
 
     classes: tuple[str, ...] = ()
@@ -124,6 +131,7 @@ class InMemoryImageDataModule(LightningDataModule):
         resize: int | None = None,
         predict_dir: str | None = None,
         pin_memory: bool = False,
+        on_device: bool = True,
     ) -> None:
         super().__init__()
         _check(batch_size > 0, f"data.batch_size must be positive, got {batch_size}")
@@ -194,16 +202,16 @@ class InMemoryImageDataModule(LightningDataModule):
             else:
                 self.predict_set, self.predict_names = self._image_folder(Path(self.hparams.predict_dir))
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         # drop_last: every step sees a full batch, as the paper's iterations do; the few images
         # left out change every epoch with the shuffle.
-        return self._loader(self.train_set, sampler=EpochShuffler(self.train_set, self._seed), drop_last=True)
+        return self._batches(self.train_set, sampler=EpochShuffler(self.train_set, self._seed), drop_last=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._batches(self.val_set)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._batches(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set)
@@ -231,6 +239,17 @@ class InMemoryImageDataModule(LightningDataModule):
         if self.hparams.resize:
             images = resize(images, self.hparams.resize)
         return images
+
+    def _batches(
+        self, dataset: Dataset | None, sampler: RandomSampler | None = None, drop_last: bool = False
+    ) -> DataLoader | DeviceBatches:
+        """Batches cut on the training device (`on_device`) where that applies, else a DataLoader."""
+        trainer = self.trainer
+        single_process = trainer is None or trainer.world_size == 1
+        if dataset is None or not (self.hparams.on_device and self.hparams.num_workers == 0 and single_process):
+            return self._loader(dataset, sampler, drop_last)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return DeviceBatches(*to_device(dataset, device), self.hparams.batch_size, sampler, drop_last)
 
     def _loader(self, dataset: Dataset | None, sampler: RandomSampler | None = None, drop_last: bool = False):
         if dataset is None:

@@ -52,6 +52,12 @@ class ResNetClassifier(LightningModule):
             below `warmup_until_error`, then go back to the schedule (the paper's ResNet-110
             recipe: 0.01 until below 80%); None: no warm-up.
         warmup_until_error: the training error that ends the warm-up.
+        channels_last: keep the network's weights and its input batches in channels-last
+            (NHWC) memory format: the same function, faster convolutions (oneDNN on CPUs,
+            tensor cores on GPUs; benchmarks/options.py).
+        compile: compile the network with `torch.compile` when training or evaluation starts;
+            the first steps take longer (compilation), later ones run faster. Checkpoints keep
+            plain parameter names, so they load with compile off.
     """
 
     def __init__(
@@ -76,6 +82,8 @@ class ResNetClassifier(LightningModule):
         step_size: int = 30,
         warmup_lr: float | None = None,
         warmup_until_error: float = 0.8,
+        channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # He et al. 2016, Sec. 4.2: divide by 10 at 32k and 48k iterations (CIFAR-10, batch 128).
@@ -100,25 +108,30 @@ class ResNetClassifier(LightningModule):
             stride_in_1x1=stride_in_1x1,
             zero_init_residual=zero_init_residual,
         )
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)  # kept through .to(device) and checkpoint loading
         # Lets the model summary print every layer's input and output shape (the shape walk).
         self.example_input_array = torch.zeros(2, in_channels, image_size, image_size)
 
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run remembers it
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # a no-op where it already is
         return self.net(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
         logits = self(images)
         loss = F.cross_entropy(logits, targets)
-        self.train_acc_batch = self.train_acc(logits, targets)
+        # The batch's accuracy as a plain tensor: a logged Metric object made Lightning's step cost
+        # more than 3% over a hand-written loop's (docs/performance.md, benchmarks/framework.py).
+        self.train_acc_batch = (logits.argmax(dim=1) == targets).float().mean()
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, prog_bar=True)
+        self.log("train/acc", self.train_acc_batch, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -168,6 +181,14 @@ class ResNetClassifier(LightningModule):
         warmup_factor = hp.warmup_lr / hp.lr if hp.warmup_lr is not None else None
         schedule = Schedule(hp.schedule, self.milestones, hp.gamma, hp.step_size, total, warmup_factor)
         return LambdaLR(optimizer, schedule)
+
+    def configure_model(self) -> None:
+        # Lightning calls this before every fit/validate/test/predict, before the move to the device.
+        if self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
+            # nn.Module.compile compiles the module in place, so its state_dict keys stay as they are
+            # (torch.compile(net) would wrap it and prefix every key with "_orig_mod.").
+            # dynamic=False: one static graph per batch shape (training, evaluation, a last partial batch).
+            self.net.compile(dynamic=False)
 
     def on_train_batch_end(self, outputs: Any, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         scheduler = self.lr_schedulers()

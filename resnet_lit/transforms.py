@@ -28,11 +28,11 @@ def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Ten
     b, _, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
     offsets = torch.randint(0, 2 * padding + 1, (2, b, 1), generator=generator, device=images.device)
-    rows = offsets[0] + torch.arange(h, device=images.device)  # (B, H)
-    cols = offsets[1] + torch.arange(w, device=images.device)  # (B, W)
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    crops = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return crops.permute(0, 3, 1, 2)
+    # Every possible crop as a view, then one pick per image: a copy of B x C x H x W pixels,
+    # without per-pixel index tensors.
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W)
+    batch = torch.arange(b, device=images.device)
+    return windows[batch, :, offsets[0, :, 0], offsets[1, :, 0]]  # (B, C, H, W)
 
 
 def random_hflip(images: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
