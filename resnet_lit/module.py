@@ -113,6 +113,7 @@ class ResNetClassifier(LightningModule):
         # Lets the model summary print every layer's input and output shape (the shape walk).
         self.example_input_array = torch.zeros(2, in_channels, image_size, image_size)
 
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
@@ -127,9 +128,10 @@ class ResNetClassifier(LightningModule):
         images, targets = batch
         logits = self(images)
         loss = F.cross_entropy(logits, targets)
-        # The batch's accuracy as a plain tensor: a logged Metric object made Lightning's step cost
-        # more than 3% over a hand-written loop's (docs/performance.md, benchmarks/framework.py).
-        self.train_acc_batch = (logits.argmax(dim=1) == targets).float().mean()
+        # Log the batch's accuracy (what the metric's forward returns), not the Metric object:
+        # that made Lightning's step cost more than 3% over a hand-written loop's
+        # (docs/performance.md, benchmarks/framework.py).
+        self.train_acc_batch = self.train_acc(logits, targets)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc_batch, prog_bar=True)
         return loss
@@ -198,6 +200,9 @@ class ResNetClassifier(LightningModule):
             if error < self.hparams.warmup_until_error:
                 end_warmup(scheduler)
                 self.print(f"warm-up ended at step {self.global_step}: training error {error:.3f}")
+
+    def on_train_epoch_end(self) -> None:
+        self.train_acc.reset()  # only its per-batch values are logged
 
     def on_validation_epoch_end(self) -> None:
         # The best val/acc so far, as TensorBoard's hparams view metric ("hp_metric").
