@@ -16,7 +16,8 @@ The figures are drawn with PIL (which torchvision already installs), so nothing 
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -166,9 +167,26 @@ class Insight(Callback):
             if isinstance(logger, TensorBoardLogger):
                 # add_graph traces in eval mode, so the BatchNorm statistics are left as they are;
                 # TensorBoard's graph still needs torch.jit.trace, whose deprecation notice is noise here.
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), eager(pl_module):
                     warnings.filterwarnings("ignore", r"`torch\.jit\.trace.*` is deprecated", FutureWarning)
                     logger.experiment.add_graph(pl_module, example.to(pl_module.device))
+
+
+@contextmanager
+def eager(module: torch.nn.Module) -> Iterator[None]:
+    """Run the modules that `nn.Module.compile` compiled in place eagerly for a while.
+
+    torch.jit.trace (which TensorBoard's graph needs) refuses to trace a dynamo-compiled module,
+    and the graph of the eager module is the same network.
+    """
+    compiled = {m: m._compiled_call_impl for m in module.modules() if getattr(m, "_compiled_call_impl", None)}
+    for m in compiled:
+        m._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for m, impl in compiled.items():
+            m._compiled_call_impl = impl
 
 
 class ConfidentMistakes:
