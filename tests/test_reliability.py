@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from processes import REPO, finish, run_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resnet_lit.checkpointing import CheckpointError, SafeCheckpointIO, load_checkpoint
 from resnet_lit.cli import ResNetCLI, main
 
-REPO = Path(__file__).parents[1]
 FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
 # Two epochs of 10 steps; the cosine schedule changes the lr every step, so its state must resume too.
 EXACT = ["--model.arch=resnet8", "--trainer.max_epochs=2", "--trainer.deterministic=true", "--seed_everything=7"]
@@ -55,25 +55,6 @@ def refused(capsys, args: list[str], status: int = 2) -> str:
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: ")
     return lines[0]
-
-
-def run_module(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    """`python -m resnet_lit ARGS` in `cwd`, importing this checkout (and tests/, for test callbacks)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "resnet_lit", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kwargs,
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 600) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    return output
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -148,7 +129,7 @@ def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(tmp_
 @pytest.mark.slow  # two short subprocess runs
 def test_sigterm_mid_epoch_saves_says_where_and_resumes_to_the_bit(tmp_path, fashion_root, reference):
     args = ["fit", *EXACT, *data_flags(fashion_root)]
-    signal_at = ["--trainer.callbacks+=interrupt.SignalAtStep", "--trainer.callbacks.step=13"]
+    signal_at = ["--trainer.callbacks+=processes.SignalAtStep", "--trainer.callbacks.step=13"]
     process = run_module([*args, *signal_at], cwd=tmp_path)
     output = finish(process)
     assert process.returncode == 128 + signal.SIGTERM
@@ -164,8 +145,8 @@ def test_sigterm_mid_epoch_saves_says_where_and_resumes_to_the_bit(tmp_path, fas
 
 @pytest.mark.slow  # one short subprocess run
 def test_a_first_ctrl_c_saves_after_the_step(tmp_path, fashion_root):
-    args = ["fit", "--model.arch=resnet8", "--trainer.max_epochs=3", *FAST, *data_flags(fashion_root)]
-    signal_at = ["--trainer.callbacks+=interrupt.SignalAtStep", "--trainer.callbacks.step=13"]
+    args = ["fit", "--model.arch=resnet8", "--trainer.max_epochs=2", *FAST, *data_flags(fashion_root)]
+    signal_at = ["--trainer.callbacks+=processes.SignalAtStep", "--trainer.callbacks.step=13"]
     process = run_module([*args, *signal_at, "--trainer.callbacks.signal_name=SIGINT"], cwd=tmp_path)
     output = finish(process)
     assert process.returncode == 130
