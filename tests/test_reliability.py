@@ -273,7 +273,15 @@ def test_resuming_from_a_crafted_last_checkpoint_is_refused(
     shutil.copytree(trained / "lightning_logs", tmp_path / "lightning_logs")
     shutil.copy(path, tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
     monkeypatch.chdir(tmp_path)
-    line = refused(capsys, ["fit", "--ckpt_path=last", "--model.arch=resnet8", *FAST, *data_flags(fashion_root)])
+    args = [
+        "fit",
+        "--ckpt_path=last",
+        "--model.arch=resnet8",
+        "--trainer.max_epochs=2",
+        *FAST,
+        *data_flags(fashion_root),
+    ]
+    line = refused(capsys, args)
     assert "--ckpt_path last: refused checkpoint" in line
     assert not marker.exists()
 
