@@ -132,7 +132,9 @@ def _damage(path: Path) -> str | None:
     if size == 0:
         return "it is empty"
     if not zipfile.is_zipfile(path):
-        return f"{size} bytes that are not a zip archive as torch.save writes: truncated, overwritten or no checkpoint"
+        return (
+            f"{size} bytes that are not a zip archive as torch.save writes: truncated, overwritten, or not a checkpoint"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()  # reads every member and checks its CRC-32

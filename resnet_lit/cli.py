@@ -188,9 +188,12 @@ def resolve_last_checkpoint(config: Namespace) -> None:
             except ValueError as err:
                 raise type(err)(f"--ckpt_path last: {err}") from err
             config.ckpt_path = str(last)
+            # The folder exactly as Lightning's default logger names it, so ModelCheckpoint recognises
+            # its own folder and keeps writing last.ckpt (not last-v1.ckpt beside a stale last.ckpt).
+            save_dir = os.path.normpath(os.path.expanduser(config.trainer.default_root_dir or os.getcwd()))
             config.trainer.logger = {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(root.parent.resolve()), "name": "lightning_logs", "version": version},
+                "init_args": {"save_dir": save_dir, "name": "lightning_logs", "version": version},
             }
             return
     raise FileNotFoundError(

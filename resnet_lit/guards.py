@@ -26,7 +26,8 @@ class StopOnNonFiniteLoss(Callback):
 
     Nothing is saved after that: the checkpoints on disk stay the last good ones. (Resuming from
     the state just before the blow-up would only repeat it; the fix is a lower learning rate.)
-    Under DDP every process stops together, whichever one saw the bad loss.
+    Under DDP every process stops together, whichever one saw the bad loss. The check costs one
+    device-to-host sync of the loss per step (and under DDP a one-element all-reduce).
     """
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
@@ -37,7 +38,9 @@ class StopOnNonFiniteLoss(Callback):
         lr = ", ".join(f"{value:g}" for value in lrs)
         checkpoint = trainer.checkpoint_callback
         last = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
-        kept = f"the last good checkpoint, {last}, is kept" if last and Path(last).is_file() else "none was saved"
+        kept = "no checkpoint was saved yet"
+        if last and Path(last).is_file():
+            kept = f"the last good checkpoint, {last}, is kept"
         raise NonFiniteLossError(
             f"the training loss is {loss.item() if bad else 'not finite on another process'} at step "
             f"{trainer.global_step} (epoch {trainer.current_epoch}) with lr {lr}: training stopped before that "

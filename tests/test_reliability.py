@@ -156,6 +156,15 @@ def test_a_first_ctrl_c_saves_after_the_step(tmp_path, fashion_root):
     assert load_checkpoint(last)["global_step"] == 13
 
 
+def test_resuming_a_run_in_a_relative_root_dir_keeps_writing_its_last_checkpoint(in_tmp, fashion_root):
+    args = ["fit", "--model.arch=resnet8", "--trainer.default_root_dir=runs", *FAST, *data_flags(fashion_root)]
+    ResNetCLI(args=[*args, "--trainer.max_epochs=1"])
+    ResNetCLI(args=[*args, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    folder = in_tmp / "runs/lightning_logs/version_0/checkpoints"
+    assert load_checkpoint(folder / "last.ckpt")["global_step"] == 20
+    assert not list(folder.glob("last-v*.ckpt"))  # Lightning's name when it takes the folder for another run's
+
+
 # --- 2. a damaged checkpoint never blocks work ----------------------------------------------------
 
 
