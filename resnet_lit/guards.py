@@ -80,6 +80,9 @@ class SaveOnInterrupt(Callback):
         if checkpoint is None or getattr(checkpoint, "dirpath", None) is None:
             return
         path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        # Recorded in the checkpoint, so the resumed run's ModelCheckpoint goes on writing this file
+        # (it would write last-v1.ckpt beside a last.ckpt it does not know).
+        checkpoint.last_model_path = str(path)
         trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:
             print(

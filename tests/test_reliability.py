@@ -127,20 +127,26 @@ def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(tmp_
     assert_identical(weights(last), reference)
 
 
-@pytest.mark.slow  # two short subprocess runs
-def test_sigterm_mid_epoch_saves_says_where_and_resumes_to_the_bit(tmp_path, fashion_root, reference):
+@pytest.mark.slow  # two short subprocess runs each
+@pytest.mark.parametrize(
+    "step, epoch",
+    [(5, 0), (10, 0), (13, 1)],
+    ids=["before any checkpoint", "during validation", "mid-epoch after a checkpoint"],
+)
+def test_sigterm_saves_says_where_and_resumes_to_the_bit(tmp_path, fashion_root, reference, step, epoch):
     args = ["fit", *EXACT, *data_flags(fashion_root)]
-    signal_at = ["--trainer.callbacks+=processes.SignalAtStep", "--trainer.callbacks.step=13"]
+    signal_at = ["--trainer.callbacks+=processes.SignalAtStep", f"--trainer.callbacks.step={step}"]
     process = run_module([*args, *signal_at], cwd=tmp_path)
     output = finish(process)
     assert process.returncode == 128 + signal.SIGTERM
     last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
-    assert f"SIGTERM: stopped at epoch 1, step 13 and saved {last.resolve()}" in output
-    assert load_checkpoint(last)["global_step"] == 13  # mid-epoch: the epoch ends at step 20
+    assert f"SIGTERM: stopped at epoch {epoch}, step {step} and saved {last.resolve()}" in output
+    assert load_checkpoint(last)["global_step"] == step
 
     output = finish(run_module([*args, "--ckpt_path=last"], cwd=tmp_path))
     assert "Restoring states from the checkpoint path" in output
     assert "not resumable" not in output  # Lightning's warning for loaders that restart the epoch
+    assert not list(last.parent.glob("last-v*.ckpt"))  # the resumed run went on writing last.ckpt
     assert_identical(weights(last), reference)
 
 
