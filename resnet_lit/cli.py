@@ -6,19 +6,25 @@ python -m resnet_lit test --ckpt_path lightning_logs/version_0/checkpoints/last.
 
 import os
 import re
+import signal
 import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from resnet_lit.callbacks import PredictionWriter
+from resnet_lit.checkpointing import load_checkpoint, use_safe_checkpoint_io
 from resnet_lit.data import FashionMNISTDataModule, InMemoryImageDataModule, MissingDataError
+from resnet_lit.guards import NonFiniteLossError, SaveOnInterrupt, StopOnNonFiniteLoss
 from resnet_lit.insight import Insight
+from resnet_lit.loaders import RestoreLoaderPosition
 from resnet_lit.module import ResNetClassifier
 
 # Hyperparameters that decide the network's tensors: a checkpoint only loads into a net that agrees.
@@ -42,9 +48,16 @@ class ResNetCLI(LightningCLI):
             # A rerun into the same log folder (resuming with --ckpt_path last) rewrites config.yaml.
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            seed_everything_default=0,  # Lightning's own fallback, without its "No seed found" warning
+            # Always on, whatever callbacks a config adds (LightningCLI appends these).
+            trainer_defaults={"callbacks": [StopOnNonFiniteLoss(), SaveOnInterrupt(), RestoreLoaderPosition()]},
             args=args,
             run=run,
         )
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # Parsing errors raise, so main() can say them in one line instead of usage + a multi-line report.
+        return super().init_parser(exit_on_error=False, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"data": {"class_path": f"{FashionMNISTDataModule.__module__}.FashionMNISTDataModule"}})
@@ -78,8 +91,10 @@ class ResNetCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or ckpt_path in ("last", "best") or not Path(ckpt_path).is_file():
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc") or "://" in ckpt_path:
             return
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such file")
         hparams, data_class, data_hparams = read_checkpoint_settings(ckpt_path)
         self._checkpoint_hparams = hparams
         linked = ("in_channels", "num_classes", "image_size")  # these follow the data
@@ -93,8 +108,16 @@ class ResNetCLI(LightningCLI):
         """Replaced by `parse_arguments`, which lets explicit arguments win over the checkpoint."""
 
     def before_instantiate_classes(self) -> None:
-        if self.config.get("subcommand") == "fit" and self.config.fit.ckpt_path == "last":
+        subcommand = self.config.get("subcommand")
+        if subcommand is not None:
+            check_run_settings(subcommand, self.config[subcommand])
+        if subcommand == "fit" and self.config.fit.ckpt_path == "last":
             resolve_last_checkpoint(self.config.fit)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_safe_checkpoint_io(trainer)  # atomic saves, weights-only loads
+        return trainer
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -108,7 +131,7 @@ def read_checkpoint_settings(path: str) -> tuple[dict[str, Any], str | None, dic
 
     LightningCLI stores the data module's class as `_class_path` among its hyperparameters.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     hparams = _public(checkpoint.get("hyper_parameters", {}))
     data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
     return hparams, data_hparams.get("_class_path"), _public(data_hparams)
@@ -132,6 +155,21 @@ def check_matches_checkpoint(model_hparams: Any, ckpt_hparams: dict[str, Any], c
         )
 
 
+def check_run_settings(subcommand: str, config: Namespace) -> None:
+    """Refuse settings Lightning would accept but that cannot do what the user means."""
+    if config.get("weights_only") is False:
+        raise ValueError(
+            "--weights_only false would let a checkpoint run code when it is loaded; resnet_lit's checkpoints "
+            "hold plain data only, so drop the option"
+        )
+    if subcommand != "fit":
+        return
+    for key in ("max_epochs", "max_steps"):
+        value = config.trainer.get(key)
+        if value is not None and (value == 0 or value < -1):
+            raise ValueError(f"trainer.{key} must be positive (or -1 for no limit), got {value}")
+
+
 def resolve_last_checkpoint(config: Namespace) -> None:
     """`fit --ckpt_path last`: the newest run's last.ckpt, continuing in that run's log folder.
 
@@ -148,10 +186,17 @@ def resolve_last_checkpoint(config: Namespace) -> None:
     for version, folder in reversed(versions):
         last = folder / "checkpoints" / "last.ckpt"
         if last.is_file():
+            try:
+                load_checkpoint(last)  # refuse a damaged or unsafe one now, before anything is written
+            except ValueError as err:
+                raise type(err)(f"--ckpt_path last: {err}") from err
             config.ckpt_path = str(last)
+            # The folder exactly as Lightning's default logger names it, so ModelCheckpoint recognises
+            # its own folder and keeps writing last.ckpt (not last-v1.ckpt beside a stale last.ckpt).
+            save_dir = os.path.normpath(os.path.expanduser(config.trainer.default_root_dir or os.getcwd()))
             config.trainer.logger = {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(root.parent.resolve()), "name": "lightning_logs", "version": version},
+                "init_args": {"save_dir": save_dir, "name": "lightning_logs", "version": version},
             }
             return
     raise FileNotFoundError(
@@ -161,16 +206,50 @@ def resolve_last_checkpoint(config: Namespace) -> None:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of `python -m resnet_lit`; bad input ends in one line, not a traceback."""
+    """Entry point of `python -m resnet_lit`; bad input ends in one line, not a traceback.
+
+    Exit status: 2 refused input, 1 training diverged, 143 stopped by SIGTERM and 130 by
+    Ctrl-C (after saving last.ckpt).
+    """
     # The data sets live in memory and a batch is one tensor index: worker processes would only
     # add copies, so num_workers=0 is deliberate and Lightning's hint about it is noise here.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning 2.6 itself
     try:
         ResNetCLI(args=args)
-    except (ValueError, MissingDataError, FileNotFoundError) as err:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        message = " ".join(str(err).split())
-        print(f"error: {message} (set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
-        raise SystemExit(2) from None
+    except SIGTERMException as stop:
+        raise SystemExit(130 if getattr(stop, "signal_name", "") == "Ctrl-C" else 128 + signal.SIGTERM) from None
+    except ArgumentError as err:
+        _refuse(err, _argument_message(str(err)), "--help lists the options", status=2)
+    except NonFiniteLossError as err:
+        _refuse(err, str(err), f"set {DEBUG_ENV}=1 for the traceback", status=1)
+    except (ValueError, MissingDataError, FileNotFoundError, MisconfigurationException) as err:
+        _refuse(err, str(_cause(err)), f"set {DEBUG_ENV}=1 for the traceback", status=2)
+
+
+def _refuse(err: BaseException, message: str, hint: str, status: int) -> None:
+    if os.environ.get(DEBUG_ENV):
+        raise err
+    print(f"error: {' '.join(message.split())} ({hint})", file=sys.stderr)
+    raise SystemExit(status) from None
+
+
+def _cause(err: BaseException) -> BaseException:
+    """jsonargparse reports a class that refused its arguments as a Union-type mismatch; the refusal says more."""
+    while "Does not validate against any of the Union subtypes" in str(err):
+        inner = err.__cause__ or err.__context__
+        if not isinstance(inner, Exception):
+            break
+        err = inner
+    return err
+
+
+def _argument_message(message: str) -> str:
+    """jsonargparse's multi-line type error as `--key expects float, got 'abc'`; other messages as they are."""
+    key = re.match(r'Parser key "([^"]+)":', message)
+    expected = re.findall(r"Expected a <class '([\w.]+)'>", message)
+    given = re.search(r"(?:Given|Got) value: (.*)", message)
+    if not (key and expected and given):
+        return message
+    types = " or ".join(dict.fromkeys("null" if name == "NoneType" else name for name in expected))
+    return f"--{key.group(1)} expects {types}, got {given.group(1).strip()!r}"

@@ -12,12 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 from torchvision.datasets import CIFAR10, FashionMNIST, VisionDataset
 
 from resnet_lit.device_data import DeviceBatches, to_device
+from resnet_lit.idx import check_pair
+from resnet_lit.loaders import ResumableDeviceBatches, ResumableLoader, unrepeated_sampler
 from resnet_lit.transforms import normalize, random_crop, random_hflip, resize, seeded_generator
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -179,17 +183,19 @@ class InMemoryImageDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         for train in (True, False):
-            self._load(train, download=self.hparams.download)
+            dataset = self._load(train, download=self.hparams.download)
+            fitting = self.trainer is not None and self.trainer.state.fn in (TrainerFn.FITTING, TrainerFn.VALIDATING)
+            if train and fitting:
+                self._check_val_size(len(dataset))  # here, before the run's log folder exists
+        if self.hparams.predict_dir is not None and self.trainer is not None and self.trainer.predicting:
+            self._image_folder(Path(self.hparams.predict_dir))  # refuse bad images before a log folder exists
 
     def setup(self, stage: str) -> None:
         self._seed = self.hparams.seed if self.hparams.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         if stage in ("fit", "validate") and self.train_set is None:
             full = TensorImages(*self._tensors(self._load(train=True, download=False)))
             val_size = self.hparams.val_size
-            _check(
-                val_size < len(full),
-                f"data.val_size must be smaller than the {len(full)} training images, got {val_size}",
-            )
+            self._check_val_size(len(full))
             order = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.hparams.split_seed))
             self.train_set = Subset(full, order[val_size:].tolist())
             self.val_set = Subset(full, order[:val_size].tolist())
@@ -205,13 +211,14 @@ class InMemoryImageDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         # drop_last: every step sees a full batch, as the paper's iterations do; the few images
         # left out change every epoch with the shuffle.
-        return self._batches(self.train_set, sampler=EpochShuffler(self.train_set, self._seed), drop_last=True)
+        sampler = EpochShuffler(self.train_set, self._seed)
+        return self._batches(self.train_set, sampler=sampler, drop_last=True, resumable=True)
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
-        return self._batches(self.val_set)
+        return self._batches(self.val_set, sampler=unrepeated_sampler(self.val_set, self.trainer))
 
     def test_dataloader(self) -> DataLoader | DeviceBatches:
-        return self._batches(self.test_set)
+        return self._batches(self.test_set, sampler=unrepeated_sampler(self.test_set, self.trainer))
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set)
@@ -231,6 +238,15 @@ class InMemoryImageDataModule(LightningDataModule):
                 images = random_hflip(images, generator)
         return self.preprocess(images), targets
 
+    def state_dict(self) -> dict[str, int]:
+        # The seed of the shuffle order and the augmentation draws: a resumed run keeps its own.
+        return {"seed": self._seed} if hasattr(self, "_seed") else {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if "seed" in state_dict and state_dict["seed"] != self._seed:
+            rank_zero_info(f"Resuming: the data order and augmentation keep the checkpoint's seed {state_dict['seed']}")
+        self._seed = state_dict.get("seed", self._seed)
+
     # --- helpers ------------------------------------------------------------------------------
 
     def preprocess(self, images: Tensor) -> Tensor:
@@ -241,21 +257,31 @@ class InMemoryImageDataModule(LightningDataModule):
         return images
 
     def _batches(
-        self, dataset: Dataset | None, sampler: RandomSampler | None = None, drop_last: bool = False
+        self, dataset: Dataset | None, sampler: Sampler | None = None, drop_last: bool = False, resumable: bool = False
     ) -> DataLoader | DeviceBatches:
-        """Batches cut on the training device (`on_device`) where that applies, else a DataLoader."""
+        """Batches cut on the training device (`on_device`) where that applies, else a DataLoader.
+
+        `resumable`: the loader records its position in the epoch for checkpoints (training).
+        """
         trainer = self.trainer
         single_process = trainer is None or trainer.world_size == 1
         if dataset is None or not (self.hparams.on_device and self.hparams.num_workers == 0 and single_process):
-            return self._loader(dataset, sampler, drop_last)
+            return self._loader(dataset, sampler, drop_last, ResumableLoader if resumable else DataLoader)
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        return DeviceBatches(*to_device(dataset, device), self.hparams.batch_size, sampler, drop_last)
+        batches = ResumableDeviceBatches if resumable else DeviceBatches
+        return batches(*to_device(dataset, device), self.hparams.batch_size, sampler, drop_last)
 
-    def _loader(self, dataset: Dataset | None, sampler: RandomSampler | None = None, drop_last: bool = False):
+    def _loader(
+        self,
+        dataset: Dataset | None,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
+        loader_class: type[DataLoader] = DataLoader,
+    ):
         if dataset is None:
             raise RuntimeError("the data module was not set up for this stage; call setup() first")
         workers = self.hparams.num_workers
-        return DataLoader(
+        return loader_class(
             dataset,
             batch_size=self.hparams.batch_size,
             sampler=sampler,
@@ -265,6 +291,10 @@ class InMemoryImageDataModule(LightningDataModule):
             drop_last=drop_last,
             persistent_workers=workers > 0,
         )
+
+    def _check_val_size(self, n_train: int) -> None:
+        val_size = self.hparams.val_size
+        _check(val_size < n_train, f"data.val_size must be smaller than the {n_train} training images, got {val_size}")
 
     def _load(self, train: bool, download: bool) -> VisionDataset:
         try:
@@ -314,6 +344,10 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
     files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
     def _torchvision_dataset(self, train: bool, download: bool) -> VisionDataset:
+        raw = Path(self.hparams.data_dir) / "FashionMNIST" / "raw"
+        images, labels = (raw / name for name in (self.files[:2] if train else self.files[2:]))
+        if images.is_file() and labels.is_file():
+            check_pair(images, labels, self.native_size, self.num_classes)
         return FashionMNIST(self.hparams.data_dir, train=train, download=download)
 
     def _tensors(self, dataset: FashionMNIST) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,46 @@
+"""`python -m resnet_lit` as a subprocess, as users and schedulers run it, and a callback that signals it."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from lightning.pytorch import Callback
+
+REPO = Path(__file__).parents[1]
+
+
+def run_module(args: list[str], cwd: Path) -> subprocess.Popen:
+    """Start `python -m resnet_lit ARGS` in `cwd`, importing this checkout (and tests/, for `SignalAtStep`)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "resnet_lit", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 900) -> str:
+    """Wait for the process; its stdout and stderr together."""
+    output, _ = process.communicate(timeout=timeout)
+    return output
+
+
+class SignalAtStep(Callback):
+    """Sends `signal_name` (SIGTERM, SIGINT, SIGKILL) to its own process when training reaches `step`.
+
+    Added with `--trainer.callbacks+=processes.SignalAtStep`. It holds no state and draws no
+    random numbers, so the run is the same as without it until the signal.
+    """
+
+    def __init__(self, step: int, signal_name: str = "SIGTERM") -> None:
+        self.step = step
+        self.signal_name = signal_name
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))

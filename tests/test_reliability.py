@@ -1,0 +1,440 @@
+"""Faults and bad input through the product's entry points: nothing lost, nothing run, one clear line.
+
+The interruption tests run `python -m resnet_lit` as a subprocess and kill or signal it, as a
+scheduler or a user would.
+"""
+
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from processes import REPO, finish, run_module
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from resnet_lit.checkpointing import CheckpointError, SafeCheckpointIO, load_checkpoint
+from resnet_lit.cli import ResNetCLI, main
+
+FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
+# Two epochs of 10 steps; the cosine schedule changes the lr every step, so its state must resume too.
+EXACT = ["--model.arch=resnet8", "--trainer.max_epochs=2", "--trainer.deterministic=true", "--seed_everything=7"]
+EXACT += ["--model.schedule=cosine", *FAST]
+STEPS = 20
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["resnet_lit"])
+
+
+def data_flags(root: Path, val_size: int = 100) -> list[str]:
+    return [f"--data.data_dir={root}", "--data.download=false", f"--data.val_size={val_size}", "--data.batch_size=50"]
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder below `folders` with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for f in folders for p in sorted(Path(f).rglob("*"))}
+
+
+def refused(capsys, args: list[str], status: int = 2) -> str:
+    """Run `main(args)`, expect it to refuse with `status`, and return its one stderr line."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    assert "<class" not in lines[0] and "Namespace(" not in lines[0]  # no parser internals
+    return lines[0]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key}: max abs diff {(a[key].double() - b[key].double()).abs().max()}"
+
+
+def logged_steps(events_file: Path, tag: str = "train/loss") -> list[int]:
+    acc = EventAccumulator(str(events_file), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [event.step for event in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fashion_root) -> Path:
+    """A folder in which one short fit ran: lightning_logs/version_0 with config, events and checkpoints."""
+    root = tmp_path_factory.mktemp("trained")
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        ResNetCLI(args=["fit", "--model.arch=resnet8", "--trainer.max_epochs=1", *FAST, *data_flags(fashion_root)])
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, fashion_root) -> dict[str, torch.Tensor]:
+    """The final weights of the uninterrupted run the interrupted ones must reproduce."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    output = finish(run_module(["fit", *EXACT, *data_flags(fashion_root)], cwd=root))
+    last = root / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert last.is_file(), output
+    assert load_checkpoint(last)["global_step"] == STEPS
+    return weights(last)
+
+
+# --- 1. resume to the bit -------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # three short subprocess runs
+def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path, fashion_root, reference):
+    args = ["fit", *EXACT, *data_flags(fashion_root)]
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    process = run_module(args, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)  # no handler can run: what a crash or the OOM killer does
+    finish(process)
+    assert process.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(last)["global_step"]
+    assert 0 < killed_at < STEPS and killed_at % 10 == 0  # an epoch-end checkpoint, work left to do
+    first_events = set((tmp_path / "lightning_logs/version_0").glob("events.out.tfevents.*"))
+
+    output = finish(run_module([*args, "--ckpt_path=last"], cwd=tmp_path))
+    assert "Restoring states from the checkpoint path at lightning_logs/version_0/checkpoints/last.ckpt" in output
+    assert load_checkpoint(last)["global_step"] == STEPS
+    # The resumed process trained only the steps after the checkpoint: it did not start over,
+    # which with the same seed would also have ended on the reference weights.
+    (resumed_events,) = set((tmp_path / "lightning_logs/version_0").glob("events.out.tfevents.*")) - first_events
+    steps = logged_steps(resumed_events)
+    assert steps and min(steps) >= killed_at
+    assert_identical(weights(last), reference)
+
+
+@pytest.mark.slow  # two short subprocess runs each
+@pytest.mark.parametrize(
+    "step, epoch",
+    [(5, 0), (10, 0), (13, 1)],
+    ids=["before any checkpoint", "during validation", "mid-epoch after a checkpoint"],
+)
+def test_sigterm_saves_says_where_and_resumes_to_the_bit(tmp_path, fashion_root, reference, step, epoch):
+    args = ["fit", *EXACT, *data_flags(fashion_root)]
+    signal_at = ["--trainer.callbacks+=processes.SignalAtStep", f"--trainer.callbacks.step={step}"]
+    process = run_module([*args, *signal_at], cwd=tmp_path)
+    output = finish(process)
+    assert process.returncode == 128 + signal.SIGTERM
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert f"SIGTERM: stopped at epoch {epoch}, step {step} and saved {last.resolve()}" in output
+    assert load_checkpoint(last)["global_step"] == step
+
+    output = finish(run_module([*args, "--ckpt_path=last"], cwd=tmp_path))
+    assert "Restoring states from the checkpoint path" in output
+    assert "not resumable" not in output  # Lightning's warning for loaders that restart the epoch
+    assert not list(last.parent.glob("last-v*.ckpt"))  # the resumed run went on writing last.ckpt
+    assert_identical(weights(last), reference)
+
+
+@pytest.mark.slow  # one short subprocess run
+def test_a_first_ctrl_c_saves_after_the_step(tmp_path, fashion_root):
+    args = ["fit", "--model.arch=resnet8", "--trainer.max_epochs=2", *FAST, *data_flags(fashion_root)]
+    signal_at = ["--trainer.callbacks+=processes.SignalAtStep", "--trainer.callbacks.step=13"]
+    process = run_module([*args, *signal_at, "--trainer.callbacks.signal_name=SIGINT"], cwd=tmp_path)
+    output = finish(process)
+    assert process.returncode == 130
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert f"Ctrl-C: stopped at epoch 1, step 13 and saved {last.resolve()}" in output
+    assert load_checkpoint(last)["global_step"] == 13
+
+
+def test_resuming_a_run_in_a_relative_root_dir_keeps_writing_its_last_checkpoint(in_tmp, fashion_root):
+    args = ["fit", "--model.arch=resnet8", "--trainer.default_root_dir=runs", *FAST, *data_flags(fashion_root)]
+    ResNetCLI(args=[*args, "--trainer.max_epochs=1"])
+    ResNetCLI(args=[*args, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    folder = in_tmp / "runs/lightning_logs/version_0/checkpoints"
+    assert load_checkpoint(folder / "last.ckpt")["global_step"] == 20
+    assert not list(folder.glob("last-v*.ckpt"))  # Lightning's name when it takes the folder for another run's
+
+
+# --- 2. a damaged checkpoint never blocks work ----------------------------------------------------
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage", [truncate, flip_bytes, lambda p: p.write_bytes(b"")], ids=["truncated", "flipped", "empty"]
+)
+def test_a_damaged_last_checkpoint_is_refused_naming_the_intact_one(
+    tmp_path, trained, fashion_root, capsys, monkeypatch, damage
+):
+    shutil.copytree(trained / "lightning_logs", tmp_path / "lightning_logs")
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "lightning_logs/version_0/checkpoints"
+    (best,) = folder.glob("best-*.ckpt")
+    damage(folder / "last.ckpt")
+    before = snapshot(tmp_path, fashion_root)
+    args = ["fit", "--model.arch=resnet8", "--trainer.max_epochs=2", *FAST, *data_flags(fashion_root)]
+
+    line = refused(capsys, [*args, "--ckpt_path=last"])
+    assert "lightning_logs/version_0/checkpoints/last.ckpt' is damaged" in line
+    assert f"pass --ckpt_path 'lightning_logs/version_0/checkpoints/{best.name}'" in line
+    assert snapshot(tmp_path, fashion_root) == before
+
+    # The advice works: training goes on from the intact checkpoint (in a new run folder).
+    cli = ResNetCLI(args=[*args, f"--ckpt_path={best}"])
+    assert cli.trainer.global_step == 20
+
+
+def test_a_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint(tmp_path):
+    script = """
+import io, os, sys, torch
+from resnet_lit.checkpointing import SafeCheckpointIO
+path = sys.argv[1]
+SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(100_000)}, "step": 1}, path)
+save = torch.save
+def dying_save(obj, f, *args, **kwargs):  # writes half of the new checkpoint, then the process dies
+    buffer = io.BytesIO()
+    save(obj, buffer, *args, **kwargs)
+    f.write(buffer.getvalue()[: buffer.tell() // 2])
+    f.flush()
+    os._exit(9)
+torch.save = dying_save
+SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(100_000)}, "step": 2}, path)
+"""
+    path = tmp_path / "last.ckpt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True)
+    assert result.returncode == 9, result.stderr
+    checkpoint = load_checkpoint(path)  # intact, and still the first one
+    assert checkpoint["step"] == 1 and not checkpoint["state_dict"]["w"].any()
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    SafeCheckpointIO().save_checkpoint({"state_dict": {}, "step": 1}, path)
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        SafeCheckpointIO().save_checkpoint({"state_dict": {}, "step": 2}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+# --- 3. untrusted checkpoints run no code ---------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this runs a shell command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.fixture
+def crafted(tmp_path, trained) -> tuple[Path, Path]:
+    """A real checkpoint with a payload that would create `marker` when unpickled, and that marker."""
+    marker = tmp_path / "PAYLOAD_RAN"
+    checkpoint = torch.load(trained / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["note"] = Payload(f"touch {marker}")
+    path = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, path)
+    return path, marker
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(crafted, capsys, subcommand, in_tmp):
+    path, marker = crafted
+    line = refused(capsys, [subcommand, f"--ckpt_path={path}", "--trainer.max_epochs=1", *FAST])
+    assert "unpickling it would call posix.system, so it could run code" in line
+    assert not marker.exists()
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_resuming_from_a_crafted_last_checkpoint_is_refused(
+    crafted, tmp_path, trained, fashion_root, capsys, monkeypatch
+):
+    path, marker = crafted
+    shutil.copytree(trained / "lightning_logs", tmp_path / "lightning_logs")
+    shutil.copy(path, tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "fit",
+        "--ckpt_path=last",
+        "--model.arch=resnet8",
+        "--trainer.max_epochs=2",
+        *FAST,
+        *data_flags(fashion_root),
+    ]
+    line = refused(capsys, args)
+    assert "--ckpt_path last: refused checkpoint" in line
+    assert not marker.exists()
+
+
+def test_lightnings_own_checkpoint_loading_is_weights_only(crafted, trained, fashion_root, in_tmp):
+    path, marker = crafted
+    good = trained / "lightning_logs/version_0/checkpoints/last.ckpt"
+    cli = ResNetCLI(args=["--model.arch=resnet8", *FAST, *data_flags(fashion_root)], run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
+    with pytest.raises(CheckpointError, match="could run code"):
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(path))
+    with pytest.raises(CheckpointError, match="not supported"):
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(good), weights_only=False)
+    assert not marker.exists()
+    # The payload is live: the unsafe way of loading does run it.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+# --- 4. bad input: one clear line, a non-zero exit, no traceback, nothing changed -----------------
+
+BAD_INPUT = {
+    "unknown arch": (["--model.arch=resnet9"], "unknown depth 9 in 'resnet9'"),
+    "lr zero": (["--model.lr=0"], "model.lr must be positive, got 0.0"),
+    "lr negative": (["--model.lr=-0.1"], "model.lr must be positive, got -0.1"),
+    "lr not a number": (["--model.lr=abc"], "--model.lr expects float, got 'abc'"),
+    "batch size zero": (["--data.batch_size=0"], "data.batch_size must be positive, got 0"),
+    "epochs zero": (["--trainer.max_epochs=0"], "trainer.max_epochs must be positive (or -1 for no limit), got 0"),
+    "epochs negative": (
+        ["--trainer.max_epochs=-5"],
+        "trainer.max_epochs must be positive (or -1 for no limit), got -5",
+    ),
+    "val_size zero": (["--data.val_size=0"], "data.val_size must be positive, got 0"),
+    "val_size negative": (["--data.val_size=-1"], "data.val_size must be positive, got -1"),
+    "val_size >= training set": (["--data.val_size=600"], "data.val_size must be smaller than the 600 training images"),
+    "unknown option": (["--model.depth=20"], "unrecognized arguments: --model.depth=20"),
+    "missing data": (["--data.data_dir=nowhere"], "Fashion-MNIST is not in 'nowhere/FashionMNIST/raw'"),
+    "missing checkpoint": (["--ckpt_path=nothere.ckpt"], "--ckpt_path 'nothere.ckpt': no such file"),
+    "weights_only false": (["--weights_only=false"], "--weights_only false would let a checkpoint run code"),
+}
+
+
+@pytest.mark.parametrize("extra, expected", BAD_INPUT.values(), ids=BAD_INPUT)
+def test_bad_input_is_one_line_and_changes_nothing(trained, fashion_root, capsys, monkeypatch, extra, expected):
+    monkeypatch.chdir(trained)
+    before = snapshot(trained, fashion_root)
+    args = ["fit", "--model.arch=resnet8", "--trainer.max_epochs=1", *FAST, *data_flags(fashion_root), *extra]
+    assert refused(capsys, args).startswith(f"error: {expected}")  # what is wrong comes first
+    assert snapshot(trained, fashion_root) == before  # no new version_N, no file touched
+
+
+def write_idx_header(path: Path, *dims: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[: 4 + 4 * len(dims)] = struct.pack(">HBB", 0, 0x08, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+    path.write_bytes(bytes(data))
+
+
+DAMAGED_DATA = {
+    "truncated images": ("train-images-idx3-ubyte", truncate, "is truncated"),
+    "empty labels": ("t10k-labels-idx1-ubyte", lambda p: p.write_bytes(b""), "is not an IDX file"),
+    "not an IDX file": ("train-images-idx3-ubyte", lambda p: p.write_bytes(b"<html>404</html>" * 100), "is not an IDX"),
+    "counts disagree": (
+        "train-labels-idx1-ubyte",
+        lambda p: (p.write_bytes(p.read_bytes()[:408]), write_idx_header(p, 400)),
+        "holds 600 images but",
+    ),
+    "label out of range": (
+        "train-labels-idx1-ubyte",
+        lambda p: p.write_bytes(p.read_bytes()[:-1] + b"\x0c"),
+        "label 12",
+    ),
+}
+
+
+@pytest.mark.parametrize("name, damage, expected", DAMAGED_DATA.values(), ids=DAMAGED_DATA)
+def test_damaged_data_files_are_named_in_one_line(tmp_path, fashion_root, capsys, in_tmp, name, damage, expected):
+    root = tmp_path / "data"
+    shutil.copytree(fashion_root, root)
+    damage(root / "FashionMNIST/raw" / name)
+    before = snapshot(root)
+    line = refused(capsys, ["fit", "--model.arch=resnet8", "--trainer.max_epochs=1", *FAST, *data_flags(root)])
+    assert expected in line and name in line
+    assert snapshot(root) == before
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_a_checkpoint_of_another_network_with_an_explicit_config_is_refused(trained, fashion_root, capsys, in_tmp):
+    ckpt = trained / "lightning_logs/version_0/checkpoints/last.ckpt"
+    before = snapshot(trained)
+    for subcommand in ("test", "fit"):
+        args = [subcommand, f"--config={REPO / 'configs/r20.yaml'}", f"--ckpt_path={ckpt}", *data_flags(fashion_root)]
+        line = refused(capsys, [*args, *FAST])
+        assert "holds a different network than the config asks for: arch='resnet20' (checkpoint: 'resnet8')" in line
+    assert snapshot(trained) == before
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize(
+    "mode, size, described", [("L", 32, "32x32 with 1 channel(s)"), ("RGB", 28, "28x28 with 3 channel(s)")]
+)
+def test_predict_on_images_of_the_wrong_shape_says_what_was_expected(
+    trained, tmp_path, capsys, in_tmp, mode, size, described
+):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new(mode, (size, size)).save(folder / "a.png")
+    ckpt = trained / "lightning_logs/version_0/checkpoints/last.ckpt"
+    line = refused(capsys, ["predict", f"--ckpt_path={ckpt}", f"--data.predict_dir={folder}", *FAST])
+    assert f"is {described}; this model expects 28x28 with 1 channel(s)" in line
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_the_debug_switch_shows_the_traceback(in_tmp, fashion_root, monkeypatch):
+    monkeypatch.setenv("RESNET_LIT_DEBUG", "1")
+    with pytest.raises(ValueError, match=r"model\.lr must be positive"):
+        main(["fit", "--model.lr=0", *data_flags(fashion_root)])
+
+
+def test_help_still_prints_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--help"])
+    assert info.value.code == 0
+    assert "--model.lr" in capsys.readouterr().out
+
+
+# --- 5. a non-finite loss stops the run and keeps the last good checkpoint -------------------------
+
+
+def test_a_diverging_run_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(in_tmp, fashion_root, capsys):
+    # lr 0.1 for the first epoch, then x 1e7 (lr 1e6): the loss blows up in the second epoch.
+    schedule = ["--model.schedule=step", "--model.interval=epoch", "--model.step_size=1", "--model.gamma=1e7"]
+    args = ["fit", "--model.arch=resnet8", "--trainer.max_epochs=3", *schedule, *FAST, *data_flags(fashion_root)]
+    line = refused(capsys, args, status=1)
+    last = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert re.search(r"the training loss is (nan|inf|-inf) at step 1\d \(epoch 1\) with lr 1e\+06", line), line
+    assert f"the last good checkpoint, {last}, is kept" in line
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["global_step"] == 10  # the end of the first epoch, not overwritten
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
+    assert all(load_checkpoint(p)["global_step"] == 10 for p in last.parent.glob("*.ckpt"))
