@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -64,3 +64,29 @@ class PredictionWriter(BasePredictionWriter):
             self._file.close()
             self._file = None
             rank_zero_info(f"Predictions written to {self.resolved_path}")
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose `last.ckpt` is rewritten after every epoch, as its name promises.
+
+    Since Lightning 2.6, a `ModelCheckpoint` with a `monitor` writes `last.ckpt` only at a step
+    where it also wrote a top-k checkpoint: an epoch whose `val/acc` is not the best would leave
+    `last.ckpt` at an older epoch, and `fit --ckpt_path last` would silently redo (or, at the end
+    of a run, lose) the epochs after it. Here `last.ckpt` is written at the end of every epoch
+    that did not already write it, with the same file name, state and atomic save as Lightning's.
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def _save_last_if_behind(self, trainer: Trainer) -> None:
+        # Skips where a checkpoint (top-k or last) was written at this very step already.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

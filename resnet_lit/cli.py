@@ -15,11 +15,11 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from resnet_lit.callbacks import PredictionWriter
+from resnet_lit.callbacks import BestAndLastCheckpoint, PredictionWriter
 from resnet_lit.checkpointing import load_checkpoint, use_safe_checkpoint_io
 from resnet_lit.data import FashionMNISTDataModule, InMemoryImageDataModule, MissingDataError
 from resnet_lit.guards import NonFiniteLossError, SaveOnInterrupt, StopOnNonFiniteLoss
@@ -64,7 +64,7 @@ class ResNetCLI(LightningCLI):
         for key in ("in_channels", "num_classes", "image_size"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",

@@ -141,10 +141,10 @@ def _last_checkpoint(folder: Path) -> Path | None:
 
 
 def _best_checkpoint(last: Path) -> Path:
-    """The checkpoint ModelCheckpoint judged best (by val/acc), as recorded in last.ckpt; else last.ckpt."""
+    """The checkpoint the run's ModelCheckpoint judged best (by val/acc), as recorded in last.ckpt; else last.ckpt."""
     state = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
-    for key, value in state.items():
-        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+    for value in state.values():
+        if isinstance(value, dict) and value.get("best_model_path"):  # a ModelCheckpoint's state
             best = Path(value["best_model_path"])
             if best.is_file():
                 return best

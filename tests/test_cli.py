@@ -86,6 +86,19 @@ def test_fit_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(in_tmp, dat
     assert saved["global_step"] == steps_per_epoch
 
 
+def test_last_checkpoint_follows_every_epoch_even_when_the_best_does_not_change(in_tmp, data_args):
+    # Monitoring the epoch number with mode "min" makes epoch 0 the best for good: the later
+    # epochs write no top-k checkpoint, which is when Lightning 2.6 would leave last.ckpt behind.
+    fit(data_args, "--checkpoint.monitor=epoch", "--checkpoint.mode=min", epochs=3)
+    checkpoints = in_tmp / "lightning_logs" / "version_0" / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 30)
+    assert [p.name[:15] for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch=000-"]
+
+    resumed = fit(data_args, "--checkpoint.monitor=epoch", "--checkpoint.mode=min", "--ckpt_path=last", epochs=4)
+    assert resumed.trainer.global_step == 40  # one more epoch after the third, not after the first
+
+
 def test_fit_ckpt_path_last_without_a_previous_run_is_an_error(in_tmp, data_args, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--ckpt_path=last", "--model.arch=resnet8", *FAST, *data_args])
