@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Tries every fault and bad input of docs/reliability.md against a scratch folder holding a real
 # run, and prints one table row each: the command, its exit status, the last line it wrote to
-# stderr, and whether any file under the folder changed (size or mtime). Stand-in data (600
-# training and 200 test images in the real IDX format), so it runs anywhere in a few minutes:
+# stderr, and whether every file already under the folder was kept (same size and mtime), with
+# a count of the files it added. Stand-in data (600 training and 200 test images in the real IDX
+# format), so it runs anywhere in a few minutes:
 #
 #   bash docs/reliability_cases.sh /tmp/reliability      # from the repository root
 set -u
@@ -18,17 +19,25 @@ BASE=(--model.arch resnet8 --trainer.max_epochs 1 "${QUIET[@]}" "${DATA[@]}")
 $PY -m resnet_lit fit "${BASE[@]}" >/dev/null 2>&1  # the work on disk: lightning_logs/version_0
 CKPT=lightning_logs/version_0/checkpoints/last.ckpt
 
-state() { find . -printf '%p %s %T@\n' | sort; }
+# Files with their size and mtime; folders by name only (adding a file changes a folder's mtime).
+state() { { find . -type f -printf '%p %s %T@\n'; find . -type d -printf '%p/\n'; } | sort; }
 row() {  # row DESCRIPTION ARGS...: run, then print | description | exit | last stderr line | files |
   local what=$1; shift
   local before; before=$(state)
   "$@" >"$DIR.out" 2>"$DIR.err"; local status=$?
   local said; said=$(grep -v '^\s*$' "$DIR.err" | tail -n 1)
-  local files="unchanged"; [ "$(state)" != "$before" ] && files="CHANGED"
+  # Every file that was there before is still there, unchanged ("kept"); files the command
+  # added are counted separately (a run that started writes its own new log folder).
+  local after; after=$(state)
+  local lost; lost=$(comm -23 <(echo "$before") <(echo "$after") | wc -l)
+  local added; added=$(comm -13 <(echo "$before") <(echo "$after") | wc -l)
+  local files="kept, nothing new"
+  [ "$added" -gt 0 ] && files="kept; $added new files or folders"
+  [ "$lost" -gt 0 ] && files="CHANGED: $lost files or folders changed or gone"
   echo "| $what | $status | \`${said//|/\\|}\` | $files |"
 }
 
-echo "| fault or bad input | exit | what the program said (last stderr line) | files on disk |"
+echo "| fault or bad input | exit | what the program said (last stderr line) | files already on disk |"
 echo "|---|---|---|---|"
 row "unknown arch" $PY -m resnet_lit fit "${BASE[@]}" --model.arch resnet9
 row "lr 0" $PY -m resnet_lit fit "${BASE[@]}" --model.lr 0
@@ -104,7 +113,9 @@ for sig in KILL TERM INT; do
   wait $pid
   status=$?
   step=$($PY -c "import torch; print(torch.load('$sig/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)['global_step'])")
-  echo "| SIG$sig after the first epoch's checkpoint | $status | \`$(grep -v '^\s*$' $sig/err1 | tail -n 1)\` | last.ckpt at step $step |"
+  said=$(grep -v '^\s*$' $sig/err1 | tail -n 1)
+  [ $sig = KILL ] && said="(nothing: no handler runs on SIGKILL)"
+  echo "| SIG$sig after the first epoch's checkpoint | $status | \`$said\` | last.ckpt at step $step |"
   $PY -m resnet_lit "${LONG[@]}" --trainer.default_root_dir $sig --ckpt_path last >$sig/out2 2>$sig/err2
   $PY -c "
 import torch

@@ -76,6 +76,12 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     that did not already write it, with the same file name, state and atomic save as Lightning's.
     """
 
+    @property
+    def state_key(self) -> str:
+        # Lightning's key for a ModelCheckpoint with these settings: the state (best score and path)
+        # in a checkpoint moves between this class and Lightning's own in both directions.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):

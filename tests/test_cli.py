@@ -97,6 +97,11 @@ def test_last_checkpoint_follows_every_epoch_even_when_the_best_does_not_change(
 
     resumed = fit(data_args, "--checkpoint.monitor=epoch", "--checkpoint.mode=min", "--ckpt_path=last", epochs=4)
     assert resumed.trainer.global_step == 40  # one more epoch after the third, not after the first
+    # Its state is stored under Lightning's own ModelCheckpoint key, and restored: epoch 0 is still the best.
+    state = torch.load(checkpoints / "last.ckpt", weights_only=True)["callbacks"]
+    (key,) = [key for key in state if "best_model_path" in state[key]]
+    assert key.startswith("ModelCheckpoint{")
+    assert Path(state[key]["best_model_path"]).name.startswith("best-epoch=000-")
 
 
 def test_fit_ckpt_path_last_without_a_previous_run_is_an_error(in_tmp, data_args, capsys):
