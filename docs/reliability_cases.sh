@@ -119,9 +119,10 @@ for sig in KILL TERM INT; do
   $PY -m resnet_lit "${LONG[@]}" --trainer.default_root_dir $sig --ckpt_path last >$sig/out2 2>$sig/err2
   $PY -c "
 import torch
-a = torch.load('whole/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)['state_dict']
-b = torch.load('$sig/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)['state_dict']
+a = torch.load('whole/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)
+b = torch.load('$sig/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)
 said = [l for l in (open('$sig/out2').read() + open('$sig/err2').read()).splitlines() if 'Restoring states' in l]
-print('  resumed:', said, '| max abs weight difference to the run left alone:',
-      max((a[k].double() - b[k].double()).abs().max().item() for k in a))"
+print('  resumed:', said, '| ended at step', b['global_step'], '(left alone:', a['global_step'], end=')')
+a, b = a['state_dict'], b['state_dict']
+print(' | max abs weight difference to the run left alone:', max((a[k].double() - b[k].double()).abs().max().item() for k in a))"
 done
