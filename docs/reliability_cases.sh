@@ -99,6 +99,124 @@ for p in sorted(glob.glob('diverge/lightning_logs/*/checkpoints/*.ckpt')):
     print(p, 'global_step', c['global_step'], 'finite', all(t.isfinite().all().item() for t in c['state_dict'].values() if t.is_floating_point()))"
 rm -rf diverge
 
+# --- Round 2: checkpoints that choose code or paths, evaluations without weights, resumes that change the run
+mkdir -p elsewhere && echo "open('IMPORTED', 'w').close()" >elsewhere/evil_data.py
+$PY - <<'EOF'
+import torch
+def load():
+    return torch.load("lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+c = load()
+c["datamodule_hyper_parameters"].update(_class_path="evil_data.Data", data_dir="chosen/by/checkpoint", download=True)
+torch.save(c, "imports.ckpt")
+c = load()
+c["datamodule_hyper_parameters"].update(data_dir="chosen/by/checkpoint", download=True)
+torch.save(c, "elsewhere.ckpt")
+torch.save({"state_dict": load()["state_dict"]}, "bare.ckpt")
+c = load()
+c["hyper_parameters"] = {"arch": "resnet8", "hidden_dim": 64}
+torch.save(c, "foreign.ckpt")
+c = load()
+del c["state_dict"]["net.fc.weight"]
+torch.save(c, "partial.ckpt")
+EOF
+PYTHONPATH="$PYTHONPATH:elsewhere" row "checkpoint naming a module to import as its data class" $PY -m resnet_lit test --ckpt_path imports.ckpt
+[ -e IMPORTED ] && echo "!! the module was imported" || echo "(IMPORTED was not created: nothing was imported)"
+row "checkpoint naming a data folder that does not exist here" $PY -m resnet_lit test --ckpt_path elsewhere.ckpt
+[ -e chosen ] && echo "!! the checkpoint's folder was created" || echo "(chosen/ was not created: no folder, no download)"
+row "the same, with --data.data_dir given" $PY -m resnet_lit test --ckpt_path elsewhere.ckpt "${QUIET[@]}" --data.data_dir data
+row "a bare state_dict as a checkpoint" $PY -m resnet_lit test --ckpt_path bare.ckpt
+row "a checkpoint of another LightningModule" $PY -m resnet_lit test --ckpt_path foreign.ckpt
+row "a checkpoint missing a tensor" $PY -m resnet_lit fit "${BASE[@]}" --ckpt_path partial.ckpt
+rm -rf elsewhere imports.ckpt elsewhere.ckpt bare.ckpt foreign.ckpt partial.ckpt
+row "test with no --ckpt_path" $PY -m resnet_lit test "${QUIET[@]}" "${DATA[@]}"
+row "test --ckpt_path last" $PY -m resnet_lit test --ckpt_path last "${QUIET[@]}"
+row "predict --ckpt_path best" $PY -m resnet_lit predict --ckpt_path best "${QUIET[@]}" --predictions.path preds.csv
+rm -f preds.csv
+mkdir -p empty && cd empty && row "validate --ckpt_path last where no run is" $PY -m resnet_lit validate --ckpt_path last "${QUIET[@]}"
+cd "$DIR" && rm -rf empty
+cp lightning_logs/version_0/config.yaml config.before
+row "fit --ckpt_path last with another lr" $PY -m resnet_lit fit "${BASE[@]}" --trainer.max_epochs 2 --ckpt_path last --model.lr 0.01
+row "fit --ckpt_path last with another arch" $PY -m resnet_lit fit "${BASE[@]}" --trainer.max_epochs 2 --ckpt_path last --model.arch resnet14
+cmp -s config.before lightning_logs/version_0/config.yaml && echo "(config.yaml unchanged)" || echo "!! config.yaml changed"
+rm config.before
+row "batch size above the training set" $PY -m resnet_lit fit "${BASE[@]}" --data.batch_size 501
+row "val_size leaving less than a batch" $PY -m resnet_lit fit "${BASE[@]}" --data.val_size 560
+mkdir -p images
+$PY -c "from PIL import Image; Image.new('LA', (28, 28), (128, 0)).save('images/transparent.png')"
+row "predict: a transparent image" $PY -m resnet_lit predict --ckpt_path $CKPT --data.predict_dir images
+rm images/* && $PY -c "from PIL import Image; Image.new('I;16', (28, 28), 1000).save('images/deep.png')"
+row "predict: a 16-bit image" $PY -m resnet_lit predict --ckpt_path $CKPT --data.predict_dir images
+rm images/* && $PY -c "
+from PIL import Image
+p = Image.new('P', (28, 28), 1); p.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762); p.save('images/red.gif')"
+row "predict: a GIF with a colour palette" $PY -m resnet_lit predict --ckpt_path $CKPT --data.predict_dir images
+rm images/* && $PY -c "
+from PIL import Image
+f = [Image.new('L', (28, 28), v) for v in (0, 255)]; f[0].save('images/anim.gif', save_all=True, append_images=f[1:])"
+row "predict: an animated GIF" $PY -m resnet_lit predict --ckpt_path $CKPT --data.predict_dir images
+rm images/* && mkdir images/folder.png && touch images/empty.png
+row "predict: a folder named .png and an empty .png" $PY -m resnet_lit predict --ckpt_path $CKPT --data.predict_dir images
+rm -rf images
+
+# --- Our own probe: the limits of numeric options
+row "lr nan" $PY -m resnet_lit fit "${BASE[@]}" --model.lr nan
+row "lr inf" $PY -m resnet_lit fit "${BASE[@]}" --model.lr inf
+row "momentum 1" $PY -m resnet_lit fit "${BASE[@]}" --model.momentum 1
+row "weight decay -1" $PY -m resnet_lit fit "${BASE[@]}" --model.weight_decay -1
+row "gamma 0" $PY -m resnet_lit fit "${BASE[@]}" --model.gamma 0
+row "milestone 0" $PY -m resnet_lit fit "${BASE[@]}" --model.milestones '[0, 10]'
+row "warmup_steps -1" $PY -m resnet_lit fit "${BASE[@]}" --model.warmup_steps -1
+row "num_workers -1" $PY -m resnet_lit fit "${BASE[@]}" --data.num_workers -1
+row "crop_padding -1" $PY -m resnet_lit fit "${BASE[@]}" --data.crop_padding -1
+row "resize 0" $PY -m resnet_lit fit "${BASE[@]}" --data.resize 0
+row "std 0" $PY -m resnet_lit fit "${BASE[@]}" --data.std '[0]'
+row "mean of 2 channels for 1" $PY -m resnet_lit fit "${BASE[@]}" --data.mean '[0.5, 0.5]'
+row "val_size 1e9 (not an int)" $PY -m resnet_lit fit "${BASE[@]}" --data.val_size 1e9
+row "max_steps -2" $PY -m resnet_lit fit "${BASE[@]}" --trainer.max_steps -2
+row "misclassified -1" $PY -m resnet_lit test --ckpt_path $CKPT --insight.misclassified -1
+row "precision 16-mixed on a CPU" $PY -m resnet_lit fit "${BASE[@]}" --trainer.precision 16-mixed --trainer.accelerator cpu
+# Odd files in every place a path is read
+row "data_dir is a file" $PY -m resnet_lit fit "${BASE[@]}" --data.data_dir "$CKPT"
+row "--ckpt_path is a folder" $PY -m resnet_lit test --ckpt_path lightning_logs/version_0
+: >empty.ckpt
+row "--ckpt_path is an empty file" $PY -m resnet_lit test --ckpt_path empty.ckpt
+rm empty.ckpt
+row "--config is a folder" $PY -m resnet_lit fit --config lightning_logs
+printf 'model:\n  arch: resnet8\n  lr: [0.1\n' >broken.yaml
+row "--config with a YAML syntax error" $PY -m resnet_lit fit --config broken.yaml
+printf 'model:\n  arch: resnet8\n  depth: 20\n' >unknown.yaml
+row "--config with an unknown key" $PY -m resnet_lit fit --config unknown.yaml
+rm broken.yaml unknown.yaml
+row "--config that does not exist" $PY -m resnet_lit fit --config nothere.yaml
+# The disk fills up while checkpoints are written (a file-size limit stands in for a full disk)
+row "the disk fills during the first checkpoint" prlimit --fsize=200000 $PY -m resnet_lit fit "${BASE[@]}" --trainer.default_root_dir full
+rm -rf full
+# Signals during evaluation: the process stops, and nothing half-written is left
+sigrow() {  # sigrow DESCRIPTION SIGNAL ARGS...: run, send SIGNAL to itself at the first batch, report
+  local what=$1 sig=$2; shift 2
+  "$@" --trainer.callbacks+=processes.SignalAtBatch --trainer.callbacks.signal_name="$sig" >"$DIR.out" 2>"$DIR.err"
+  local status=$?
+  local said; said=$(grep -v '^\s*$' "$DIR.err" | tail -n 1)
+  echo "| $what | $status | \`${said//|/\\|}\` | $(ls sig.csv .sig.csv.partial 2>/dev/null | wc -l) predictions files left |"
+}
+sigrow "SIGTERM during test" SIGTERM $PY -m resnet_lit test --ckpt_path $CKPT "${QUIET[@]}"
+sigrow "SIGTERM during predict" SIGTERM $PY -m resnet_lit predict --ckpt_path $CKPT "${QUIET[@]}" --predictions.path sig.csv
+sigrow "Ctrl-C during predict" SIGINT $PY -m resnet_lit predict --ckpt_path $CKPT "${QUIET[@]}" --predictions.path sig.csv
+rm -rf sig.csv lightning_logs/version_[1-9]*
+# Malformed TensorBoard folders for report
+mkdir -p tb/empty/lightning_logs/version_0 tb/noevents/lightning_logs/version_0 tb/truncated tb/junk
+: >tb/empty/lightning_logs/version_0/events.out.tfevents.0.host.1.0
+echo "model: {arch: resnet8}" >tb/noevents/lightning_logs/version_0/hparams.yaml
+cp -r lightning_logs/version_0 tb/truncated/version_0
+for f in tb/truncated/version_0/events.out.tfevents.*; do head -c 300 "$f" >"$f.cut" && mv "$f.cut" "$f"; done
+cp -r lightning_logs/version_0 tb/junk/version_0 && echo "model: [unclosed" >tb/junk/version_0/hparams.yaml
+row "report: an empty event file" $PY -m resnet_lit.report tb/empty
+row "report: a run folder without event files" $PY -m resnet_lit.report tb/noevents
+row "report: truncated event files" $PY -m resnet_lit.report tb/truncated/version_0
+row "report: a malformed hparams.yaml" $PY -m resnet_lit.report tb/junk/version_0
+row "report: a file, not a folder" $PY -m resnet_lit.report "$CKPT"
+rm -rf tb
+
 # Interruptions: a run of 3 epochs of 10 steps, signalled once its first epoch's last.ckpt exists,
 # then resumed with --ckpt_path last and compared with the same run left alone.
 LONG=(fit --model.arch resnet8 --trainer.max_epochs 3 --trainer.deterministic true --seed_everything 7

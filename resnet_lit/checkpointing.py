@@ -7,6 +7,7 @@ next to the target and renames (atomic on POSIX), and always loads weights-only,
 checkpoint is refused before any of its code can run.
 """
 
+import errno
 import os
 import pickle
 import re
@@ -69,7 +70,12 @@ def atomic_save(checkpoint: dict[str, Any], path: _PATH) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as f:
-            torch.save(checkpoint, f)
+            try:
+                torch.save(checkpoint, f)
+            except RuntimeError as err:  # torch's writer reports a failed write (a full disk) this way
+                raise OSError(
+                    errno.EIO, f"the write failed ({_first_sentence(err)}); is the disk full?", str(path)
+                ) from err
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -174,3 +180,17 @@ def _fsync_folder(folder: Path) -> None:
 
 def _is_remote(path: _PATH) -> bool:
     return "://" in str(path)
+
+
+def best_recorded(checkpoint: dict[str, Any], folder: Path) -> Path | None:
+    """The best checkpoint (by the monitored metric) that a checkpoint's ModelCheckpoint state records.
+
+    Looked up by file name in `folder`, the checkpoint's own folder: the path recorded is the one
+    it had when it was written, and the run folder may have been moved or renamed since.
+    """
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and state.get("best_model_path"):  # a ModelCheckpoint's state
+            best = Path(folder) / Path(state["best_model_path"]).name
+            if best.is_file():
+                return best
+    return None

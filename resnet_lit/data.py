@@ -5,7 +5,10 @@ training step indexes a tensor and the DataModule's `on_after_batch_transfer` au
 normalizes the batch where the model runs. There is no per-sample PIL work anywhere.
 """
 
+import contextlib
+import gzip
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +25,15 @@ from torchvision.datasets import CIFAR10, FashionMNIST, VisionDataset
 from resnet_lit.device_data import DeviceBatches, to_device
 from resnet_lit.idx import check_pair
 from resnet_lit.loaders import ResumableDeviceBatches, ResumableLoader, unrepeated_sampler
-from resnet_lit.transforms import normalize, random_crop, random_hflip, resize, seeded_generator
+from resnet_lit.transforms import (
+    normalization,
+    normalize,
+    random_crop,
+    random_erasing,
+    random_hflip,
+    resize,
+    seeded_generator,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -97,6 +108,8 @@ class InMemoryImageDataModule(LightningDataModule):
             seed (`seed_everything`, which LightningCLI sets).
         crop_padding: random-crop augmentation: pixels of zero padding on each side (0: off).
         hflip: random horizontal flip augmentation.
+        erasing: Random Erasing augmentation (Zhong et al. 2020): the probability that a training
+            image gets a random rectangle set to the mean (`resnet_lit.transforms.random_erasing`); 0: off.
         normalize: subtract `mean` and divide by `std` (per channel, on [0, 1] pixels);
             False only scales to [0, 1].
         mean: per-channel mean; None: the training set's.
@@ -129,6 +142,7 @@ class InMemoryImageDataModule(LightningDataModule):
         seed: int | None = None,
         crop_padding: int = 4,
         hflip: bool = True,
+        erasing: float = 0.0,
         normalize: bool = True,
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -143,6 +157,7 @@ class InMemoryImageDataModule(LightningDataModule):
         _check(num_workers >= 0, f"data.num_workers must be 0 or more, got {num_workers}")
         _check(crop_padding >= 0, f"data.crop_padding must be 0 or more, got {crop_padding}")
         _check(resize is None or resize > 0, f"data.resize must be positive, got {resize}")
+        _check(0 <= erasing <= 1, f"data.erasing is a probability, in [0, 1], got {erasing}")
         for name, stats in (("mean", mean), ("std", std)):
             _check(
                 stats is None or len(stats) == self.in_channels,
@@ -152,6 +167,7 @@ class InMemoryImageDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.mean = tuple(mean) if mean is not None else self.train_mean
         self.std = tuple(std) if std is not None else self.train_std
+        self._normalization: dict[torch.device, tuple[Tensor, Tensor]] = {}  # per device: made once
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -182,11 +198,16 @@ class InMemoryImageDataModule(LightningDataModule):
     # --- Lightning hooks ----------------------------------------------------------------------
 
     def prepare_data(self) -> None:
+        data_dir = Path(self.hparams.data_dir)
+        _check(
+            not data_dir.is_file(), f"data.data_dir {str(data_dir)!r} is a file: give the folder that holds the data"
+        )
         for train in (True, False):
             dataset = self._load(train, download=self.hparams.download)
-            fitting = self.trainer is not None and self.trainer.state.fn in (TrainerFn.FITTING, TrainerFn.VALIDATING)
-            if train and fitting:
-                self._check_val_size(len(dataset))  # here, before the run's log folder exists
+            stage = self.trainer.state.fn if self.trainer is not None else None
+            if train and stage in (TrainerFn.FITTING, TrainerFn.VALIDATING):
+                # Here, before the run's log folder exists.
+                self._check_val_size(len(dataset), training=stage == TrainerFn.FITTING)
         if self.hparams.predict_dir is not None and self.trainer is not None and self.trainer.predicting:
             self._image_folder(Path(self.hparams.predict_dir))  # refuse bad images before a log folder exists
 
@@ -236,6 +257,10 @@ class InMemoryImageDataModule(LightningDataModule):
             images = random_crop(images, self.hparams.crop_padding, generator)
             if self.hparams.hflip:
                 images = random_hflip(images, generator)
+            images = self.preprocess(images)
+            if self.hparams.get("erasing"):
+                images = random_erasing(images, self.hparams.erasing, generator)
+            return images, targets
         return self.preprocess(images), targets
 
     def state_dict(self) -> dict[str, int]:
@@ -251,7 +276,12 @@ class InMemoryImageDataModule(LightningDataModule):
 
     def preprocess(self, images: Tensor) -> Tensor:
         """uint8 batch to the model's input: scaling, normalization and resize (every stage)."""
-        images = normalize(images, self.mean, self.std) if self.hparams.normalize else images.float().div_(255)
+        if self.hparams.normalize:
+            if images.device not in self._normalization:
+                self._normalization[images.device] = normalization(self.mean, self.std, images.device)
+            images = normalize(images, *self._normalization[images.device])
+        else:
+            images = images.float().div_(255)
         if self.hparams.resize:
             images = resize(images, self.hparams.resize)
         return images
@@ -292,15 +322,24 @@ class InMemoryImageDataModule(LightningDataModule):
             persistent_workers=workers > 0,
         )
 
-    def _check_val_size(self, n_train: int) -> None:
-        val_size = self.hparams.val_size
+    def _check_val_size(self, n_train: int, training: bool = False) -> None:
+        val_size, batch_size = self.hparams.val_size, self.hparams.batch_size
         _check(val_size < n_train, f"data.val_size must be smaller than the {n_train} training images, got {val_size}")
+        _check(
+            not training or n_train - val_size >= batch_size,
+            f"data.batch_size {batch_size} is more than the {n_train - val_size} training images left after "
+            f"data.val_size {val_size}: not one full batch to train on (a partial last batch is dropped); "
+            "lower data.batch_size or data.val_size",
+        )
 
     def _load(self, train: bool, download: bool) -> VisionDataset:
+        root = Path(self.hparams.data_dir)
+        folders = _folders(root)
         try:
             return self._torchvision_dataset(train=train, download=download)
         except (RuntimeError, OSError) as err:  # torchvision: not found, or the download failed
-            raise MissingDataError(f"{self._missing_message()} ({err})") from err
+            _remove_new_empty_folders(root, folders)  # a failed download leaves nothing behind
+            raise MissingDataError(f"{self._missing_message()} ({' '.join(str(err).split())})") from err
 
     def _image_folder(self, folder: Path) -> tuple[TensorImages, list[str]]:
         if not folder.is_dir():
@@ -313,8 +352,10 @@ class InMemoryImageDataModule(LightningDataModule):
         for path in files:
             try:
                 with Image.open(path) as pil:
-                    image = torch.from_numpy(np.array(pil, dtype=np.uint8, copy=True))
+                    image = torch.from_numpy(_pixels(pil, self.in_channels, path))
             except (OSError, UnidentifiedImageError, ValueError) as err:
+                if isinstance(err, ImageModeError):
+                    raise
                 raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
             image = image.unsqueeze(0) if image.dim() == 2 else image.permute(2, 0, 1)  # (C, H, W)
             if tuple(image.shape) != expected:
@@ -346,6 +387,8 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
     def _torchvision_dataset(self, train: bool, download: bool) -> VisionDataset:
         raw = Path(self.hparams.data_dir) / "FashionMNIST" / "raw"
         images, labels = (raw / name for name in (self.files[:2] if train else self.files[2:]))
+        for name in self.files:  # torchvision wants all four, decompressed, and decompresses only when it downloads
+            _decompress_beside(raw / name)
         if images.is_file() and labels.is_file():
             check_pair(images, labels, self.native_size, self.num_classes)
         return FashionMNIST(self.hparams.data_dir, train=train, download=download)
@@ -399,6 +442,80 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             "--data.download true (a verified tarball is extracted without internet), or point "
             f"--data.data_dir at the folder that holds {self.folder}/"
         )
+
+
+def _decompress_beside(path: Path) -> None:
+    """Write `path` from `path.gz` where only the compressed file is there (atomically: a temporary file, renamed)."""
+    packed = path.with_name(path.name + ".gz")
+    if path.exists() or not packed.is_file():
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with gzip.open(packed, "rb") as source, partial.open("wb") as target:
+            shutil.copyfileobj(source, target)
+        partial.replace(path)
+    except (OSError, EOFError) as err:  # a read-only folder, or a damaged .gz
+        partial.unlink(missing_ok=True)
+        raise MissingDataError(
+            f"could not decompress {str(packed)!r} into {str(path)!r} ({err}): decompress it there yourself, or "
+            "copy the four files to a folder you can write to and point --data.data_dir at it"
+        ) from err
+
+
+def _folders(root: Path) -> set[Path]:
+    """`root`, its ancestors, and every folder below it, as they exist now."""
+    below = {p for p in root.rglob("*") if p.is_dir()} if root.is_dir() else set()
+    return below | {p for p in (root, *root.parents) if p.is_dir()}
+
+
+def _remove_new_empty_folders(root: Path, before: set[Path]) -> None:
+    """Remove the folders under (and up to) `root` that were made since `before` and hold nothing."""
+    for folder in sorted(_folders(root) - before, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: keep it
+            folder.rmdir()
+
+
+class ImageModeError(ValueError):
+    """An image whose pixels cannot be read as the grey levels or RGB values the model was trained on."""
+
+
+def _pixels(image: Image.Image, channels: int, path: Path) -> np.ndarray:
+    """An image's pixels as uint8 grey levels (H, W) or RGB values (H, W, 3), converted from its mode.
+
+    A palette image ("P") becomes the colours its indices stand for (not the indices); a 1-bit
+    image 0 and 255. Refused: several frames, 16-bit, 32-bit and float pixels (their scale is
+    unknown), transparent pixels (their colour is undefined). A colour image for a grey model,
+    or the other way round, comes back with its channels, for the caller's shape check to refuse
+    (a palette image whose colours are all grey counts as grey).
+    """
+    name = f"image {str(path)!r}"
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise ImageModeError(f"{name} is animated ({frames} frames): save the frame to classify as an image of its own")
+    if image.mode.startswith(("I", "F")):
+        raise ImageModeError(
+            f"{name} holds {image.mode} pixels (16-bit, 32-bit or float), whose scale to 0..255 is unknown: "
+            "save it as an 8-bit image"
+        )
+    palette = image.mode in ("P", "PA")
+    if palette:
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "RGBA", "La", "RGBa"):
+        alpha = np.asarray(image.getchannel("A"))
+        if alpha.min() < 255:
+            raise ImageModeError(
+                f"{name} has transparent pixels, whose grey level or colour is undefined: flatten it onto a "
+                "background first"
+            )
+        image = image.convert("L" if image.mode in ("LA", "La") else "RGB")
+    if image.mode == "1":
+        image = image.convert("L")
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    pixels = np.array(image, dtype=np.uint8, copy=True)
+    if palette and channels == 1 and pixels.ndim == 3 and (pixels == pixels[..., :1]).all():
+        pixels = pixels[..., 0]  # a palette of greys: the grey levels it stands for
+    return pixels
 
 
 def _check(condition: bool, message: str) -> None:

@@ -81,7 +81,29 @@ class RestoreLoaderPosition(Callback):
     already has, there is nothing pending and this does nothing.
     """
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning 2.6 restores a checkpoint written at the end of an epoch as "not restarting"
+        # (the next epoch starts afresh), except when max_steps is set: then it treats the finished
+        # epoch as unfinished, runs it again with no batch left and counts it, so the resumed run
+        # is one epoch short and keys every later epoch's shuffle and augmentation one epoch off
+        # (FitLoop.restarting and FitLoop.on_run_start test `_iteration_based_training()`). The
+        # loops are restored between this hook and on_train_start: without max_steps for that
+        # while, they take the same path as a run without it, which resumes exactly.
+        if trainer.ckpt_path is not None and trainer.fit_loop.epoch_loop.max_steps != -1:
+            self._max_steps = trainer.fit_loop.epoch_loop.max_steps
+            trainer.fit_loop.epoch_loop.max_steps = -1
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore_max_steps(trainer)
         load_pending = getattr(trainer.fit_loop, "_load_combined_loader_states", None)
         if load_pending is not None:
             load_pending()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore_max_steps(trainer)  # where the run ended before training started
+
+    def _restore_max_steps(self, trainer: Trainer) -> None:
+        max_steps = getattr(self, "_max_steps", None)
+        if max_steps is not None:
+            trainer.fit_loop.epoch_loop.max_steps = max_steps
+            self._max_steps = None

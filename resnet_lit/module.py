@@ -1,5 +1,6 @@
 """ResNetClassifier: how a network of the family is trained, evaluated and logged."""
 
+import copy
 import math
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from resnet_lit.models import build
 from resnet_lit.schedules import Schedule, end_warmup, warming_up
 
 ScheduleName = Literal["multistep", "step", "cosine", "onecycle", "constant"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 class ResNetClassifier(LightningModule):
@@ -52,12 +54,28 @@ class ResNetClassifier(LightningModule):
             below `warmup_until_error`, then go back to the schedule (the paper's ResNet-110
             recipe: 0.01 until below 80%); None: no warm-up.
         warmup_until_error: the training error that ends the warm-up.
+        warmup_steps: a linear warm-up from 0 to the schedule's learning rate over the first
+            `warmup_steps` steps (or epochs, with `interval` "epoch"), as Goyal et al. (2017)
+            do for large batches; 0: none. Not with "onecycle", which warms up by itself.
+        label_smoothing: the training loss's target puts this much of its mass on the other
+            classes evenly (Szegedy et al. 2016); 0: plain cross-entropy. Evaluation losses are
+            always plain cross-entropy, so they compare across runs.
+        ema_decay: also keep an exponential moving average of the weights (and BatchNorm
+            statistics), updated after every step on the device, and evaluate and predict with
+            it; the decay warms up as min(ema_decay, (1 + t) / (10 + t)). None: no average.
+        tta: test-time augmentation for validate, test and predict: average the softmax of each
+            image and of its mirror image (the training flip).
         channels_last: keep the network's weights and its input batches in channels-last
             (NHWC) memory format: the same function, faster convolutions (oneDNN on CPUs,
             tensor cores on GPUs; benchmarks/options.py).
         compile: compile the network with `torch.compile` when training or evaluation starts;
             the first steps take longer (compilation), later ones run faster. Checkpoints keep
             plain parameter names, so they load with compile off.
+        compile_mode: `torch.compile`'s mode, with `compile`. "reduce-overhead" records the
+            network's forward and backward passes as CUDA graphs and replays each with one
+            launch (on a GPU; elsewhere it compiles as "default"): for small nets whose step is
+            bound by kernel launches. Training batches all have one shape (the last partial
+            batch is dropped), so one graph serves every step.
     """
 
     def __init__(
@@ -82,22 +100,37 @@ class ResNetClassifier(LightningModule):
         step_size: int = 30,
         warmup_lr: float | None = None,
         warmup_until_error: float = 0.8,
+        warmup_steps: int = 0,
+        label_smoothing: float = 0.0,
+        ema_decay: float | None = None,
+        tta: bool = False,
         channels_last: bool = True,
         compile: bool = False,
+        compile_mode: CompileMode = "default",
     ) -> None:
         super().__init__()
         # He et al. 2016, Sec. 4.2: divide by 10 at 32k and 48k iterations (CIFAR-10, batch 128).
         self.milestones = list(milestones) if milestones is not None else [32_000, 48_000]
-        if lr <= 0:
-            raise ValueError(f"model.lr must be positive, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"model.weight_decay must be 0 or more, got {weight_decay}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"model.lr must be positive and finite, got {lr}")
+        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+            raise ValueError(f"model.weight_decay must be 0 or more and finite, got {weight_decay}")
         if not 0 <= momentum < 1:
             raise ValueError(f"model.momentum must be in [0, 1), got {momentum}")
+        if not (gamma > 0 and math.isfinite(gamma)):
+            raise ValueError(f"model.gamma must be positive and finite, got {gamma}")
+        if not (warmup_until_error >= 0 and math.isfinite(warmup_until_error)):
+            raise ValueError(f"model.warmup_until_error is a training error, 0 or more, got {warmup_until_error}")
         if step_size <= 0 or any(m <= 0 for m in self.milestones):
             raise ValueError(f"model.step_size and model.milestones must be positive, got {step_size}, {milestones}")
-        if warmup_lr is not None and (warmup_lr <= 0 or schedule == "onecycle"):
+        if warmup_lr is not None and (not (warmup_lr > 0 and math.isfinite(warmup_lr)) or schedule == "onecycle"):
             raise ValueError(f"model.warmup_lr must be positive and not combined with onecycle, got {warmup_lr}")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"model.ema_decay must be in (0, 1), got {ema_decay}")
+        if warmup_steps < 0 or (warmup_steps and schedule == "onecycle"):
+            raise ValueError(f"model.warmup_steps must be 0 or more and not combined with onecycle, got {warmup_steps}")
         self.save_hyperparameters()
         self.net = build(
             arch,
@@ -110,10 +143,14 @@ class ResNetClassifier(LightningModule):
         )
         if channels_last:
             self.net.to(memory_format=torch.channels_last)  # kept through .to(device) and checkpoint loading
+        # The average of the weights, a second copy of the network that no optimizer sees. (torch's
+        # AveragedModel would read its step counter on the host every step: a GPU stall.)
+        self.ema_net = copy.deepcopy(self.net).requires_grad_(False) if ema_decay is not None else None
         # Lets the model summary print every layer's input and output shape (the shape walk).
         self.example_input_array = torch.zeros(2, in_channels, image_size, image_size)
 
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: the checks of the inputs read them on the host, a GPU stall every step.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
@@ -122,18 +159,32 @@ class ResNetClassifier(LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)  # a no-op where it already is
+        if self.ema_net is not None and not self.training:
+            return self.ema_net(x)  # evaluation and prediction use the averaged weights
         return self.net(x)
+
+    def _probabilities(self, x: Tensor) -> Tensor:
+        """Softmax of the batch, averaged with its mirror image's where `tta` is on."""
+        probs = self(x).float().softmax(dim=1)
+        if self.hparams.tta:
+            probs = (probs + self(x.flip(-1)).float().softmax(dim=1)) / 2
+        return probs
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
+        if self._graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new training step: earlier graph outputs are done
         logits = self(images)
-        loss = F.cross_entropy(logits, targets)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         # Log the batch's accuracy (what the metric's forward returns), not the Metric object:
         # that made Lightning's step cost more than 3% over a hand-written loop's
         # (docs/performance.md, benchmarks/framework.py).
         self.train_acc_batch = self.train_acc(logits, targets)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_acc_batch, prog_bar=True)
+        # Not prog_bar=True: Lightning reads every progress-bar value on the host after every
+        # batch, a GPU stall each step (Lightning issue #21232). The bar shows these values as
+        # they are logged, every `log_every_n_steps` (resnet_lit.callbacks.LoggedValuesProgressBar).
+        self.log("train/loss", loss)
+        self.log("train/acc", self.train_acc_batch)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -144,28 +195,37 @@ class ResNetClassifier(LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         images, targets = batch
-        probs = self(images).softmax(dim=1)
-        confidence, predicted = probs.max(dim=1)
+        confidence, predicted = self._probabilities(images).max(dim=1)
         return {"predicted": predicted, "confidence": confidence, "target": targets}
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         """Loss and accuracy of a batch; returns the logits, which callbacks (resnet_lit.insight) read."""
         images, targets = batch
-        logits = self(images)
+        # With tta, the log of the averaged probabilities: logits of that average (softmax gives it back).
+        logits = self._probabilities(images).log() if self.hparams.tta else self(images)
         loss = F.cross_entropy(logits, targets)
         accuracy(logits, targets)
-        self.log(f"{stage}/loss", loss, prog_bar=True)
+        # sync_dist: under DDP the mean over every process's batches, as the accuracy's counts are summed.
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         self.log(f"{stage}/acc", accuracy, prog_bar=True)
         return logits
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
+        # Fused: the whole update in a few kernels, and it can skip a step on the device
+        # (`found_inf`, which resnet_lit.guards.StopOnNonFiniteLoss sets) without a host sync.
+        fused = _fused_supported(self.parameters())
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(
-                self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
+                self.parameters(),
+                lr=hp.lr,
+                momentum=hp.momentum,
+                nesterov=hp.nesterov,
+                weight_decay=hp.weight_decay,
+                fused=fused,
             )
         else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
         interval = "step" if hp.schedule == "onecycle" else hp.interval
         scheduler = self._scheduler(optimizer, interval)
         # The name is the learning rate's TensorBoard tag (LearningRateMonitor).
@@ -181,18 +241,26 @@ class ResNetClassifier(LightningModule):
         if hp.schedule == "onecycle":
             return OneCycleLR(optimizer, max_lr=hp.lr, total_steps=int(total))
         warmup_factor = hp.warmup_lr / hp.lr if hp.warmup_lr is not None else None
-        schedule = Schedule(hp.schedule, self.milestones, hp.gamma, hp.step_size, total, warmup_factor)
+        schedule = Schedule(hp.schedule, self.milestones, hp.gamma, hp.step_size, total, warmup_factor, hp.warmup_steps)
         return LambdaLR(optimizer, schedule)
 
     def configure_model(self) -> None:
         # Lightning calls this before every fit/validate/test/predict, before the move to the device.
-        if self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
-            # nn.Module.compile compiles the module in place, so its state_dict keys stay as they are
-            # (torch.compile(net) would wrap it and prefix every key with "_orig_mod.").
-            # dynamic=False: one static graph per batch shape (training, evaluation, a last partial batch).
-            self.net.compile(dynamic=False)
+        for net in (self.net, self.ema_net):
+            if self.hparams.compile and net is not None and not getattr(net, "_compiled_call_impl", None):
+                # nn.Module.compile compiles the module in place, so its state_dict keys stay as they are
+                # (torch.compile(net) would wrap it and prefix every key with "_orig_mod.").
+                # dynamic=False: one static graph per batch shape (training, evaluation, a last partial batch).
+                net.compile(dynamic=False, mode=self.hparams.compile_mode)
+
+    @property
+    def _graphs(self) -> bool:
+        """Whether the network runs as CUDA graphs (compiled with mode "reduce-overhead" on a GPU)."""
+        return self.hparams.compile and self.hparams.compile_mode == "reduce-overhead" and self.device.type == "cuda"
 
     def on_train_batch_end(self, outputs: Any, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if self.ema_net is not None:
+            self._update_ema()
         scheduler = self.lr_schedulers()
         if warming_up(scheduler):
             error = 1 - self.train_acc_batch
@@ -201,11 +269,37 @@ class ResNetClassifier(LightningModule):
                 end_warmup(scheduler)
                 self.print(f"warm-up ended at step {self.global_step}: training error {error:.3f}")
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- ema + (1 - decay) * (weights - ema), for every parameter and floating-point buffer."""
+        step = self.global_step  # a host counter: the decay needs no read from the device
+        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+        ema = [*self.ema_net.parameters(), *self.ema_net.buffers()]
+        current = [*self.net.parameters(), *self.net.buffers()]
+        floats = [(e, c) for e, c in zip(ema, current, strict=True) if e.is_floating_point()]
+        torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], 1 - decay)
+        for e, c in zip(ema, current, strict=True):
+            if not e.is_floating_point():
+                e.copy_(c)  # BatchNorm's num_batches_tracked
+
     def on_train_epoch_end(self) -> None:
         self.train_acc.reset()  # only its per-batch values are logged
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The run's length: a resumed run keeps it where the schedule depends on it (resnet_lit.resume).
+        trainer = self.trainer
+        checkpoint["resnet_lit_run"] = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps}
 
     def on_validation_epoch_end(self) -> None:
         # The best val/acc so far, as TensorBoard's hparams view metric ("hp_metric").
         if not self.trainer.sanity_checking:
             self.val_acc_best(self.val_acc.compute())
-            self.log("hp_metric", self.val_acc_best.compute())
+            self.log("hp_metric", self.val_acc_best.compute(), sync_dist=True)
+
+
+# Devices with fused SGD and AdamW kernels in torch >= 2.4 (elsewhere the default foreach ones).
+FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def _fused_supported(parameters) -> bool:
+    return all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in parameters)

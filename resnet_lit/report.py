@@ -113,8 +113,16 @@ def version_number(folder: Path) -> int:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    with path.open() as f:
-        return yaml.safe_load(f) or {}
+    try:
+        with path.open() as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ReportError(
+            f"{str(path)!r} is not valid YAML ({' '.join(str(err).split())}): repair or delete it"
+        ) from err
+    if not isinstance(data, dict):
+        raise ReportError(f"{str(path)!r} holds {type(data).__name__}, not the settings of a run: repair or delete it")
+    return data
 
 
 def _is_training_run(curves: dict[str, Curve]) -> bool:

@@ -28,6 +28,8 @@ class Schedule:
         total: length of training, for "cosine".
         warmup_factor: while warming up, the factor is this instead (0.1 turns the paper's
             lr 0.1 into its warm-up lr 0.01); None: no warm-up.
+        ramp: a linear warm-up over the first `ramp` steps (or epochs): the factor is multiplied
+            by (t + 1) / ramp until then (Goyal et al. 2017, for large batches); 0: none.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class Schedule:
         step_size: int = 1,
         total: int | None = None,
         warmup_factor: float | None = None,
+        ramp: int = 0,
     ) -> None:
         if kind == "cosine" and not total:
             raise ValueError("a cosine schedule needs the length of training (max_steps or max_epochs)")
@@ -48,6 +51,7 @@ class Schedule:
         self.total = total
         self.warmup_factor = warmup_factor
         self.warming_up = warmup_factor is not None
+        self.ramp = ramp
 
     def end_warmup(self) -> None:
         self.warming_up = False
@@ -55,6 +59,9 @@ class Schedule:
     def __call__(self, t: int) -> float:
         if self.warming_up:
             return self.warmup_factor
+        return self._decay(t) * (min(1.0, (t + 1) / self.ramp) if self.ramp else 1.0)
+
+    def _decay(self, t: int) -> float:
         if self.kind == "multistep":
             return self.gamma ** bisect_right(self.milestones, t)
         if self.kind == "step":

@@ -1,12 +1,17 @@
-"""Train a list of configs one after another, test each, then draw the report.
+"""Train a list of configs, up to `--jobs` at once, test each, then draw the report.
 
     python -m resnet_lit.sweep configs/plain20.yaml configs/plain56.yaml configs/r20.yaml configs/r56.yaml \\
-        --report degradation.png --trainer.max_epochs 3
+        --jobs 2 --report degradation.png --trainer.max_epochs 3
 
 Each config runs in its own process, in `<root>/<config name>/` (default root: runs/):
 `python -m resnet_lit fit --config C`, then `python -m resnet_lit test` on the run's best
 checkpoint, with their output in fit.log and test.log there. Any other argument is passed to
 every fit and test (`--trainer.max_epochs 3`, `--data.data_dir X`).
+
+- `--jobs N` runs up to N configs at once, each in its own processes. With G GPUs, the runs are
+  spread over them (`CUDA_VISIBLE_DEVICES`, in turn; several may share one); on a CPU, each of
+  the N gets its share of the cores (`OMP_NUM_THREADS`). The terminal gets one line per run per
+  epoch, and a line when each fit or test starts and ends, each prefixed with the run's name.
 
 - A failed run does not stop the others; the failures are listed at the end (exit code 1).
 - A finished run is not redone: its folder's `done` marker records how it ran, so running the
@@ -14,14 +19,19 @@ every fit and test (`--trainer.max_epochs 3`, `--data.data_dir X`).
   a fit that finished is not repeated for a test that failed.
 - A folder started with other arguments (another config, other extra arguments) is refused
   rather than mixing two settings in one folder: delete it (or pick another --root).
+- SIGTERM or Ctrl-C stops every run (each saves its last.ckpt); the same command resumes them.
 """
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,10 +47,11 @@ RESERVED = ("--trainer.default_root_dir", "--ckpt_path", "--config", "-c")  # th
 
 @dataclass
 class Job:
-    """One config of the sweep and the folder it runs in."""
+    """One config of the sweep, the folder it runs in, and the environment of its processes."""
 
     config: Path
     folder: Path
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -85,7 +96,7 @@ def run_job(job: Job, extra: list[str], python: list[str]) -> dict:
         fit = _fit(job, extra, python)
         fit_marker.write_text(json.dumps(fit, indent=2) + "\n")
     command = [*python, "test", "--config", str(job.config), "--ckpt_path", fit["best_ckpt"], *_base(job), *extra]
-    test_seconds = _call(command, job.folder / "test.log", f"{job.name}: test")
+    test_seconds = _call(command, job.folder / "test.log", f"{job.name}: test", job.env)
     done = {**fit, "test_seconds": round(test_seconds, 1), "test_command": command}
     marker.write_text(json.dumps(done, indent=2) + "\n")
     fit_marker.unlink()
@@ -97,7 +108,9 @@ def _fit(job: Job, extra: list[str], python: list[str]) -> dict:
     command = [*python, "fit", "--config", str(job.config), *_base(job), *extra]
     if resume:  # an interrupted fit: go on from its last.ckpt, in its log folder (resnet_lit.cli)
         command += ["--ckpt_path", "last"]
-    fit_seconds = _call(command, job.folder / "fit.log", f"{job.name}: fit" + (" (resuming)" if resume else ""))
+    fit_seconds = _call(
+        command, job.folder / "fit.log", f"{job.name}: fit" + (" (resuming)" if resume else ""), job.env
+    )
     last = _last_checkpoint(job.folder)
     if last is None:
         raise RunFailed(f"{job.name}: fit wrote no checkpoint (see {job.folder / 'fit.log'})")
@@ -115,18 +128,57 @@ def _base(job: Job) -> list[str]:
     return [f"--trainer.default_root_dir={job.folder}", "--trainer.enable_progress_bar=false"]
 
 
-def _call(command: list[str], log: Path, what: str) -> float:
-    print(f"{what} ... (log: {log})", flush=True)
+def _call(command: list[str], log: Path, what: str, env: dict[str, str] | None = None) -> float:
+    """Run one process, its output into `log`; its lines that report an epoch also to the terminal."""
+    _say(f"{what} ... (log: {log})")
     start = time.monotonic()
     with log.open("a") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        _children.add(process)
+        try:
+            for line in process.stdout:
+                out.write(line)
+                if line.startswith("epoch "):  # resnet_lit.callbacks.EpochLines, one per epoch
+                    _say(f"{what.split(':')[0]}: {line.strip()}")
+            code = process.wait()
+        finally:
+            _children.discard(process)
     seconds = time.monotonic() - start
     if code != 0:
         raise RunFailed(f"{what} failed with exit code {code} after {seconds:.0f} s; {_last_line(log)} (log: {log})")
-    print(f"{what}: {seconds:.0f} s", flush=True)
+    _say(f"{what}: {seconds:.0f} s")
     return seconds
+
+
+_children: set[subprocess.Popen] = set()  # the runs' processes now running
+_print_lock = threading.Lock()
+
+
+def _say(line: str) -> None:
+    with _print_lock:  # whole lines from the jobs' threads
+        print(line, flush=True)
+
+
+def assign_devices(jobs: list[Job], n_jobs: int) -> None:
+    """Spread the jobs over the GPUs in turn, or split the CPU cores between the jobs that run at once."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if "CUDA_VISIBLE_DEVICES" in os.environ and gpus:
+        visible = [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    else:
+        visible = [str(i) for i in range(gpus)]
+    threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+    for i, job in enumerate(jobs):
+        job.env = {"CUDA_VISIBLE_DEVICES": visible[i % len(visible)]} if visible else {}
+        if n_jobs > 1:
+            job.env["OMP_NUM_THREADS"] = str(threads)
 
 
 def _last_line(log: Path) -> str:
@@ -171,6 +223,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("configs", nargs="+", type=Path, metavar="CONFIG", help="YAML configs, e.g. configs/r20.yaml")
     parser.add_argument("--root", type=Path, default=Path("runs"), help="where the runs' folders go (default: runs)")
+    parser.add_argument("--jobs", type=int, default=1, help="how many configs run at once (default: 1)")
     parser.add_argument("--report", type=Path, metavar="FILE.png", help="draw the report's figure here at the end")
     parser.add_argument("--table", type=Path, metavar="FILE.md", help="write the report's table here at the end")
     return parser.parse_known_args(argv)
@@ -185,6 +238,8 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
                 f"config {str(config)!r} is not a YAML file; give the configs first, then the sweep's "
                 "options and the arguments for every run (e.g. configs/r20.yaml --trainer.max_epochs 3)"
             )
+    if args.jobs < 1:
+        return _fail(f"--jobs must be 1 or more, got {args.jobs}")
     reserved = [arg for arg in extra if arg.split("=", 1)[0] in RESERVED]
     if reserved:
         return _fail(
@@ -195,16 +250,34 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
     except ValueError as err:
         return _fail(str(err))
 
-    finished, failures = [], []
-    for i, job in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {job.name} ({job.config})", flush=True)
+    assign_devices(jobs, args.jobs)
+    results: dict[int, Path | str] = {}
+
+    def run(i: int, job: Job) -> None:
+        if _stopped_by is not None:
+            return  # stopping: start no new run
+        where = f", GPU {job.env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in job.env else ""
+        _say(f"[{i + 1}/{len(jobs)}] {job.name} ({job.config}{where})")
         try:
             done = run_job(job, extra, python)
         except RunFailed as err:
-            print(f"FAILED: {err}", flush=True)
-            failures.append(str(err))
-            continue
-        finished.append(Path(done["fit_dir"]) if done.get("fit_dir") else job.folder)
+            _say(f"FAILED: {err}")
+            results[i] = str(err)
+            return
+        results[i] = Path(done["fit_dir"]) if done.get("fit_dir") else job.folder
+
+    stop = _forward_signals()
+    try:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for future in [pool.submit(run, i, job) for i, job in enumerate(jobs)]:
+                future.result()
+    finally:
+        stop()
+    if _stopped_by is not None:
+        print(f"{_stopped_by}: every run saved its last.ckpt; the same command resumes them", file=sys.stderr)
+        return 130 if _stopped_by == "Ctrl-C" else 128 + signal.SIGTERM
+    finished = [results[i] for i in sorted(results) if isinstance(results[i], Path)]
+    failures = [results[i] for i in sorted(results) if isinstance(results[i], str)]
 
     code = 0
     if finished:
@@ -219,6 +292,31 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
             print(f"- {failure}", file=sys.stderr)
         return 1
     return 1 if code else 0
+
+
+_stopped_by: str | None = None
+
+
+def _forward_signals():
+    """Pass SIGTERM and Ctrl-C on to the runs (each saves its last.ckpt and stops); starts no new run."""
+    global _stopped_by
+    _stopped_by = None
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def forward(signum, frame):
+        global _stopped_by
+        _stopped_by = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        for process in list(_children):
+            process.send_signal(signal.SIGTERM)  # the run saves; a Ctrl-C reaches them from the terminal too
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def _fail(message: str) -> int:

@@ -5,6 +5,7 @@ whole batch; these functions draw them per sample, from a generator the caller s
 epoch's augmentation is a function of (seed, epoch, batch) alone and a resumed run repeats it.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -41,12 +42,60 @@ def random_hflip(images: Tensor, generator: torch.Generator, p: float = 0.5) -> 
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 pixels to floats in [0, 1], then per-channel (x - mean) / std."""
-    x = images.float().div_(255)
-    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return x.sub_(mean_t).div_(std_t)
+def random_erasing(
+    images: Tensor,
+    p: float,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.02, 0.4),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    value: float = 0.0,
+) -> Tensor:
+    """Random Erasing (Zhong et al. 2020): with probability `p`, fill a random rectangle of each image with `value`.
+
+    As torchvision's `RandomErasing` with its defaults, per image, in one pass over the batch: the
+    rectangle's area is a uniform fraction `scale` of the image's, its aspect ratio log-uniform
+    in `ratio`, its place uniform. Deviation: a rectangle larger than the image is clamped to it
+    rather than drawn again (torchvision tries 10 times, then erases nothing).
+
+    Args:
+        images: (B, C, H, W) floats, after normalization: `value` 0 is then the data set's mean.
+        p: the probability that an image is erased.
+        generator: on the images' device.
+    """
+    b, _, h, w = images.shape
+    device = images.device
+    draws = torch.rand(b, 5, generator=generator, device=device)
+    erase = draws[:, 0] < p
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * draws[:, 1])
+    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * draws[:, 2]
+    aspect = log_ratio.exp()
+    eh = (area * aspect).sqrt().round().clamp(1, h)
+    ew = (area / aspect).sqrt().round().clamp(1, w)
+    top = (draws[:, 3] * (h - eh + 1)).floor()
+    left = (draws[:, 4] * (w - ew + 1)).floor()
+    rows = torch.arange(h, device=device).view(1, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, w)
+    inside = (rows >= top.view(b, 1, 1)) & (rows < (top + eh).view(b, 1, 1))
+    inside = inside & (cols >= left.view(b, 1, 1)) & (cols < (left + ew).view(b, 1, 1))
+    mask = inside & erase.view(b, 1, 1)  # (B, H, W)
+    return images.masked_fill(mask.unsqueeze(1), value)
+
+
+def normalization(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[Tensor, Tensor]:
+    """`normalize`'s per-channel scale and shift, (1, C, 1, 1) float tensors on `device`.
+
+    Made once per device and kept by the caller: built per batch, they would be a host-to-device
+    copy every step.
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    scale, shift = 1 / (255 * std_t), -mean_t / std_t
+    return scale.float().to(device), shift.float().to(device)
+
+
+def normalize(images: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """uint8 pixels to per-channel (x / 255 - mean) / std, as one multiply-add (`normalization` gives scale, shift)."""
+    return torch.addcmul(shift, images, scale)  # promotes the uint8 pixels to float in the same kernel
 
 
 def resize(images: Tensor, size: int) -> Tensor:

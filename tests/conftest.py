@@ -1,8 +1,10 @@
 """Stand-in data sets written in torchvision's exact on-disk layout, so the real loading code runs."""
 
 import hashlib
+import os
 import pickle
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,34 @@ def data_args(fashion_root) -> list[str]:
         "--data.val_size=100",
         "--data.batch_size=50",
     ]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, fashion_root) -> Path:
+    """A folder in which one short fit ran: lightning_logs/version_0 with config, events and checkpoints.
+
+    Shared by many tests: copy it before changing anything in it.
+    """
+    from resnet_lit.cli import ResNetCLI
+
+    root = tmp_path_factory.mktemp("trained")
+    cwd = Path.cwd()
+    os.chdir(root)
+    args = ["fit", "--model.arch=resnet8", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]
+    args += ["--trainer.log_every_n_steps=1", f"--data.data_dir={fashion_root}"]
+    argv, sys.argv = sys.argv, ["resnet_lit"]  # before the per-test fixture that does the same
+    try:
+        ResNetCLI(args=[*args, "--data.download=false", "--data.val_size=100", "--data.batch_size=50"])
+    finally:
+        os.chdir(cwd)
+        sys.argv = argv
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    """The CLI would read pytest's own arguments from sys.argv otherwise."""
+    monkeypatch.setattr(sys, "argv", ["resnet_lit"])
 
 
 @pytest.fixture

@@ -1,10 +1,54 @@
-"""Reading back what runs wrote."""
+"""Running the CLI as users do, and reading back what runs wrote."""
 
 import io
 from pathlib import Path
 
+import pytest
+import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from resnet_lit.checkpointing import load_checkpoint
+from resnet_lit.cli import main
+
+
+def data_flags(root: Path, val_size: int = 100) -> list[str]:
+    return [f"--data.data_dir={root}", "--data.download=false", f"--data.val_size={val_size}", "--data.batch_size=50"]
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder below `folders` with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for f in folders for p in sorted(Path(f).rglob("*"))}
+
+
+def refused(capsys, args: list[str], status: int = 2) -> str:
+    """Run `main(args)`, expect it to refuse with `status`, and return its one stderr line."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    assert "<class" not in lines[0] and "Namespace(" not in lines[0]  # no parser internals
+    return lines[0]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key}: max abs diff {(a[key].double() - b[key].double()).abs().max()}"
+
+
+def logged_steps(events_file: Path, tag: str = "train/loss") -> list[int]:
+    acc = EventAccumulator(str(events_file), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [event.step for event in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -44,3 +44,15 @@ class SignalAtStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class SignalAtBatch(Callback):
+    """Sends `signal_name` to its own process at the first batch of validate, test or predict."""
+
+    def __init__(self, signal_name: str = "SIGTERM") -> None:
+        self.signal_name = signal_name
+
+    def _signal(self, *args) -> None:
+        os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+    on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _signal

@@ -1,6 +1,5 @@
 """CIFAR10DataModule and configs/cifar10/, on a stand-in written in torchvision's on-disk layout."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,6 @@ from resnet_lit.schedules import end_warmup, warming_up
 CIFAR_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "cifar10").glob("*.yaml"))
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
-
-
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["resnet_lit"])  # the CLI reads pytest's own arguments otherwise
 
 
 def make(root, **kwargs) -> CIFAR10DataModule:
@@ -57,7 +51,7 @@ def test_batches_are_normalized_per_channel_with_the_training_statistics(cifar10
     images, targets = next(iter(dm.val_dataloader()))
     assert images.shape == (50, 3, 32, 32) and images.dtype == torch.uint8
     x, y = dm.on_after_batch_transfer((images, targets), 0)
-    assert torch.allclose(x, (images.float() / 255 - MEAN) / STD)
+    torch.testing.assert_close(x, (images.float() / 255 - MEAN) / STD)  # float32 rounding: one multiply-add
     assert torch.equal(y, targets)
 
 
@@ -101,24 +95,6 @@ def test_training_batches_are_cropped_and_flipped_per_image(cifar10_root, in_tmp
     assert trained.shape == plain.shape == (50, 3, 32, 32)
     changed = [not torch.equal(a, b) for a, b in zip(trained, plain, strict=True)]
     assert 25 < sum(changed) <= 50  # most images are shifted and/or mirrored, each by its own draw
-
-
-@pytest.mark.parametrize("download", [False, True])
-def test_missing_files_give_one_clear_error(tmp_path, monkeypatch, download):
-    def offline(self):
-        raise RuntimeError("Error downloading cifar-10-python.tar.gz")
-
-    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
-    dm = CIFAR10DataModule(data_dir=str(tmp_path / "nowhere"), download=download)
-    with pytest.raises(MissingDataError) as info:
-        dm.prepare_data()
-    message = str(info.value)
-    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in message
-    for name in ("cifar-10-python.tar.gz", "data_batch_1", "data_batch_5", "test_batch", "batches.meta"):
-        assert name in message
-    assert "--data.data_dir" in message and "--data.download true" in message
-    assert ("could not be downloaded" in message) == download
-    assert "\n" not in message
 
 
 def test_a_damaged_file_fails_the_checksum(cifar10_root, tmp_path):

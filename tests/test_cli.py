@@ -1,7 +1,6 @@
 """The product through its own entry point: `python -m resnet_lit fit/test/validate/predict`."""
 
 import csv
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,6 @@ from resnet_lit.data import FashionMNISTDataModule
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=2"]
-
-
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["resnet_lit"])
 
 
 def fit(data_args, *extra: str, epochs: int = 1) -> ResNetCLI:
@@ -153,3 +147,29 @@ def test_r20_config_learns_on_standin_data(in_tmp, data_args):
     args = ["fit", f"--config={CONFIGS / 'r20.yaml'}", "--trainer.max_epochs=8", *FAST, *data_args]
     cli = ResNetCLI(args=[*args, "--data.batch_size=20"])  # 25 steps an epoch
     assert cli.model.val_acc_best.compute().item() > 0.5  # chance is 0.1
+
+
+# jsonargparse's errors, rewritten into one line: each rewrite against the installed version.
+ARGUMENT_ERRORS = {
+    "a float option": (["--model.lr=abc"], "--model.lr expects float, got 'abc'"),
+    "a data module's bool": (["--data.download=flase"], "--data.download expects bool, got 'flase'"),
+    "a data module's int": (["--data.val_size=1e9"], "--data.val_size expects int, got '1000000000.0'"),
+    "a misspelt option": (
+        ["--model.archh=resnet8"],
+        "unrecognized arguments: --model.archh=resnet8; did you mean --model.arch?",
+    ),
+    "an unknown option": (["--model.depth=20"], "unrecognized arguments: --model.depth=20 (--help"),
+    "a misspelt data option": (
+        ["--data.batchsize=3"],
+        "unrecognized arguments: --data.batchsize; did you mean --data.batch_size?",
+    ),
+}
+
+
+@pytest.mark.parametrize("args, expected", ARGUMENT_ERRORS.values(), ids=ARGUMENT_ERRORS)
+def test_argument_errors_name_the_option_in_one_line(in_tmp, capsys, args, expected):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {expected}")

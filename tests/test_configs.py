@@ -24,12 +24,23 @@ def test_the_promised_configs_exist():
 )
 def test_config_instantiates(config, in_tmp, fashion_root, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["resnet_lit"])
-    cli = ResNetCLI(args=[f"--config={config}", f"--data.data_dir={fashion_root}", "--data.download=false"], run=False)
+    args = [f"--config={config}", f"--data.data_dir={fashion_root}", "--data.download=false"]
+    cli = ResNetCLI(args=args, run=False)
     hp = cli.model.hparams
     depth = int("".join(c for c in config.stem if c.isdigit()))
     kind = "plain" if config.stem.startswith("plain") else "resnet"
     assert hp.arch == f"{kind}{depth}"
     assert (hp.in_channels, hp.num_classes) == (1, 10)
+    if config.parent.name == "gpu":  # four times the batch, the learning rate scaled with it
+        assert cli.datamodule.hparams.batch_size == 512 and hp.lr == 0.4 and hp.warmup_steps > 0
+        assert cli.trainer.precision == "bf16-mixed" and hp.compile and hp.compile_mode == "reduce-overhead"
+        cpu_twin = ResNetCLI(args=[f"--config={config.parents[1] / config.name}", *args[1:]], run=False)
+        if depth == 20:  # the same epochs: a quarter of the iterations, the decays at the same fractions
+            assert cli.trainer.max_steps * 4 == pytest.approx(cpu_twin.trainer.max_steps, abs=4)
+            assert [m * 4 for m in hp.milestones] == pytest.approx(cpu_twin.model.hparams.milestones, abs=4)
+        else:
+            assert cli.trainer.max_epochs == cpu_twin.trainer.max_epochs
+        return
     assert cli.datamodule.hparams.batch_size == 128
     if config.parent.name == "baseline":  # the original report's settings
         assert (hp.lr, hp.momentum, hp.schedule, hp.stem) == (0.05, 0.0, "constant", "imagenet")

@@ -44,11 +44,6 @@ def fitted(tmp_path_factory, fashion_root) -> tuple[Path, str]:
     return run, out.getvalue()
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["resnet_lit"])
-
-
 def evaluate(subcommand: str, fitted, root: Path, *extra: str) -> tuple[ResNetCLI, Path]:
     run, _ = fitted
     ckpt = run / "checkpoints" / "last.ckpt"

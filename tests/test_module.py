@@ -1,5 +1,6 @@
 """ResNetClassifier through the public class and a Trainer."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -34,6 +35,12 @@ def test_steps_compute_cross_entropy_and_accuracy():
     [
         ({"lr": 0}, "model.lr must be positive"),
         ({"lr": -0.1}, "model.lr must be positive"),
+        ({"lr": float("nan")}, "model.lr must be positive and finite, got nan"),
+        ({"lr": float("inf")}, "model.lr must be positive and finite, got inf"),
+        ({"weight_decay": float("inf")}, "model.weight_decay must be 0 or more and finite"),
+        ({"gamma": 0}, "model.gamma must be positive"),
+        ({"warmup_until_error": float("nan")}, "model.warmup_until_error is a training error, 0 or more"),
+        ({"warmup_steps": 10, "schedule": "onecycle"}, "not combined with onecycle"),
         ({"momentum": 1.0}, "model.momentum must be in [0, 1)"),
         ({"milestones": [0, 10]}, "must be positive"),
         ({"arch": "resnet21"}, "6n+2"),
@@ -41,7 +48,7 @@ def test_steps_compute_cross_entropy_and_accuracy():
     ],
 )
 def test_bad_hyperparameters_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)").replace("+", r"\+")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         ResNetClassifier(**kwargs)
 
 

@@ -4,6 +4,7 @@ The interruption tests run `python -m resnet_lit` as a subprocess and kill or si
 scheduler or a user would.
 """
 
+import csv
 import os
 import re
 import shutil
@@ -14,84 +15,44 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from helpers import assert_identical, data_flags, logged_steps, refused, snapshot, weights
+from lightning.pytorch import Callback
 from PIL import Image
 from processes import REPO, finish, run_module
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchvision.datasets import FashionMNIST
 
 from resnet_lit.checkpointing import CheckpointError, SafeCheckpointIO, load_checkpoint
 from resnet_lit.cli import ResNetCLI, main
+from resnet_lit.guards import NonFiniteLossError
 
 FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
 # Two epochs of 10 steps; the cosine schedule changes the lr every step, so its state must resume too.
-EXACT = ["--model.arch=resnet8", "--trainer.max_epochs=2", "--trainer.deterministic=true", "--seed_everything=7"]
-EXACT += ["--model.schedule=cosine", *FAST]
+EXACT = ["--trainer.max_epochs=2", "--trainer.deterministic=true", "--seed_everything=7", *FAST]
+# Two epochs of 10 steps, under two kinds of config: one that stops at max_epochs (the Table 1
+# configs; the cosine schedule changes the lr every step, so its state must resume too) and the
+# paper's configs, which set max_steps (Lightning restores those differently), with its decays
+# moved into the 20 steps.
+RESUMED_CONFIGS = {
+    "max_epochs config": ["--model.arch=resnet8", "--model.schedule=cosine"],
+    "r20.yaml with max_steps": [f"--config={REPO / 'configs/r20.yaml'}", "--model.milestones=[8,15]"],
+}
 STEPS = 20
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["resnet_lit"])
-
-
-def data_flags(root: Path, val_size: int = 100) -> list[str]:
-    return [f"--data.data_dir={root}", "--data.download=false", f"--data.val_size={val_size}", "--data.batch_size=50"]
-
-
-def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
-    """Every file and folder below `folders` with its size and modification time."""
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for f in folders for p in sorted(Path(f).rglob("*"))}
-
-
-def refused(capsys, args: list[str], status: int = 2) -> str:
-    """Run `main(args)`, expect it to refuse with `status`, and return its one stderr line."""
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    assert info.value.code == status
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: ")
-    assert "<class" not in lines[0] and "Namespace(" not in lines[0]  # no parser internals
-    return lines[0]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["state_dict"]
-
-
-def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key}: max abs diff {(a[key].double() - b[key].double()).abs().max()}"
-
-
-def logged_steps(events_file: Path, tag: str = "train/loss") -> list[int]:
-    acc = EventAccumulator(str(events_file), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [event.step for event in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+@pytest.fixture(scope="module", params=RESUMED_CONFIGS.values(), ids=RESUMED_CONFIGS)
+def exact(request) -> list[str]:
+    """The arguments of a run that must resume to the bit."""
+    return [*request.param, *EXACT]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, fashion_root) -> Path:
-    """A folder in which one short fit ran: lightning_logs/version_0 with config, events and checkpoints."""
-    root = tmp_path_factory.mktemp("trained")
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        ResNetCLI(args=["fit", "--model.arch=resnet8", "--trainer.max_epochs=1", *FAST, *data_flags(fashion_root)])
-    finally:
-        os.chdir(cwd)
-    return root
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, fashion_root) -> dict[str, torch.Tensor]:
+def reference(tmp_path_factory, fashion_root, exact) -> dict[str, torch.Tensor]:
     """The final weights of the uninterrupted run the interrupted ones must reproduce."""
     root = tmp_path_factory.mktemp("uninterrupted")
-    output = finish(run_module(["fit", *EXACT, *data_flags(fashion_root)], cwd=root))
+    output = finish(run_module(["fit", *exact, *data_flags(fashion_root)], cwd=root))
     last = root / "lightning_logs/version_0/checkpoints/last.ckpt"
     assert last.is_file(), output
     assert load_checkpoint(last)["global_step"] == STEPS
@@ -102,8 +63,8 @@ def reference(tmp_path_factory, fashion_root) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow  # three short subprocess runs
-def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path, fashion_root, reference):
-    args = ["fit", *EXACT, *data_flags(fashion_root)]
+def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path, fashion_root, exact, reference):
+    args = ["fit", *exact, *data_flags(fashion_root)]
     last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
     process = run_module(args, cwd=tmp_path)
     deadline = time.monotonic() + 300
@@ -133,8 +94,8 @@ def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(tmp_
     [(5, 0), (10, 0), (13, 1)],
     ids=["before any checkpoint", "during validation", "mid-epoch after a checkpoint"],
 )
-def test_sigterm_saves_says_where_and_resumes_to_the_bit(tmp_path, fashion_root, reference, step, epoch):
-    args = ["fit", *EXACT, *data_flags(fashion_root)]
+def test_sigterm_saves_says_where_and_resumes_to_the_bit(tmp_path, fashion_root, exact, reference, step, epoch):
+    args = ["fit", *exact, *data_flags(fashion_root)]
     signal_at = ["--trainer.callbacks+=processes.SignalAtStep", f"--trainer.callbacks.step={step}"]
     process = run_module([*args, *signal_at], cwd=tmp_path)
     output = finish(process)
@@ -148,6 +109,32 @@ def test_sigterm_saves_says_where_and_resumes_to_the_bit(tmp_path, fashion_root,
     assert "not resumable" not in output  # Lightning's warning for loaders that restart the epoch
     assert not list(last.parent.glob("last-v*.ckpt"))  # the resumed run went on writing last.ckpt
     assert_identical(weights(last), reference)
+
+
+# Extending a finished run: schedules that do not depend on the run's length (a cosine one would be
+# refused, tests/test_checkpoints.py).
+EXTENDED_CONFIGS = {
+    "max_epochs config": ["--model.arch=resnet8", "--model.milestones=[8,15]"],
+    "r20.yaml with max_steps": RESUMED_CONFIGS["r20.yaml with max_steps"],
+}
+
+
+@pytest.mark.slow  # three short runs
+@pytest.mark.parametrize("config", EXTENDED_CONFIGS.values(), ids=EXTENDED_CONFIGS)
+def test_a_finished_run_extended_by_an_epoch_trains_exactly_that_epoch(tmp_path, fashion_root, monkeypatch, config):
+    args = ["fit", *config, *EXACT, *data_flags(fashion_root)]  # 2 epochs
+    monkeypatch.chdir(tmp_path)
+    uninterrupted = ResNetCLI(args=[*args, "--trainer.default_root_dir=uninterrupted"])
+    ResNetCLI(args=[*args, "--trainer.max_epochs=1"])
+    run = tmp_path / "lightning_logs/version_0"
+    first_events = set(run.glob("events.out.tfevents.*"))
+    cli = ResNetCLI(args=[*args, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert cli.trainer.global_step == STEPS
+    (resumed_events,) = set(run.glob("events.out.tfevents.*")) - first_events
+    assert logged_steps(resumed_events) == list(range(10, 20))  # the second epoch's steps, each once
+    assert_identical(weights(run / "checkpoints/last.ckpt"), uninterrupted.model.state_dict())
+    again = ResNetCLI(args=[*args, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert again.trainer.global_step == STEPS  # nothing left to train: nothing trained
 
 
 @pytest.mark.slow  # one short subprocess run
@@ -321,8 +308,8 @@ def test_lightnings_own_checkpoint_loading_is_weights_only(crafted, trained, fas
 
 BAD_INPUT = {
     "unknown arch": (["--model.arch=resnet9"], "unknown depth 9 in 'resnet9'"),
-    "lr zero": (["--model.lr=0"], "model.lr must be positive, got 0.0"),
-    "lr negative": (["--model.lr=-0.1"], "model.lr must be positive, got -0.1"),
+    "lr zero": (["--model.lr=0"], "model.lr must be positive and finite, got 0.0"),
+    "lr negative": (["--model.lr=-0.1"], "model.lr must be positive and finite, got -0.1"),
     "lr not a number": (["--model.lr=abc"], "--model.lr expects float, got 'abc'"),
     "batch size zero": (["--data.batch_size=0"], "data.batch_size must be positive, got 0"),
     "epochs zero": (["--trainer.max_epochs=0"], "trainer.max_epochs must be positive (or -1 for no limit), got 0"),
@@ -335,7 +322,16 @@ BAD_INPUT = {
     "val_size >= training set": (["--data.val_size=600"], "data.val_size must be smaller than the 600 training images"),
     "unknown option": (["--model.depth=20"], "unrecognized arguments: --model.depth=20"),
     "missing data": (["--data.data_dir=nowhere"], "Fashion-MNIST is not in 'nowhere/FashionMNIST/raw'"),
+    "data_dir is a file": (
+        ["--data.data_dir=lightning_logs/version_0/config.yaml"],
+        "data.data_dir 'lightning_logs/version_0/config.yaml' is a file",
+    ),
     "missing checkpoint": (["--ckpt_path=nothere.ckpt"], "--ckpt_path 'nothere.ckpt': no such file"),
+    "batch larger than the training set": (["--data.batch_size=501"], "data.batch_size 501 is more than the 500"),
+    "val_size leaves less than a batch": (
+        ["--data.val_size=560"],
+        "data.batch_size 50 is more than the 40 training images left after data.val_size 560",
+    ),
     "weights_only false": (["--weights_only=false"], "--weights_only false would let a checkpoint run code"),
 }
 
@@ -438,3 +434,165 @@ def test_a_diverging_run_stops_at_the_first_nan_and_keeps_the_last_good_checkpoi
     assert checkpoint["global_step"] == 10  # the end of the first epoch, not overwritten
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
     assert all(load_checkpoint(p)["global_step"] == 10 for p in last.parent.glob("*.ckpt"))
+
+
+class PoisonStep(Callback):
+    """Makes the loss of one step NaN (its input batch all NaN) and records the parameters around it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.before: dict[str, torch.Tensor] = {}
+        self.after: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self.before = {k: v.detach().clone() for k, v in pl_module.named_parameters()}
+            batch[0].fill_(float("nan"))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step + 1:
+            self.after = {k: v.detach().clone() for k, v in pl_module.named_parameters()}
+
+
+def test_a_nan_between_logging_steps_skips_its_update_and_is_named_at_the_next_check(in_tmp, fashion_root):
+    # Logging every 50 steps: the guard reads its flags on the host only at the end of the epoch
+    # (step 20), but the bad step 12 changed nothing and is the one named.
+    args = [
+        "--model.arch=resnet8",
+        "--trainer.max_epochs=3",
+        "--trainer.log_every_n_steps=50",
+        *data_flags(fashion_root),
+    ]
+    cli = ResNetCLI(args=[*args, "--trainer.enable_progress_bar=false"], run=False)
+    poison = PoisonStep(step=12)
+    cli.trainer.callbacks.append(poison)
+    with pytest.raises(NonFiniteLossError, match=r"the training loss is nan at step 12 \(epoch 1\) with lr 0\.1"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert poison.before and poison.after
+    assert_identical(poison.after, poison.before)  # the fused optimizer skipped the update on the device
+    assert cli.trainer.global_step == 20  # noticed at the end of the epoch, before validation and the checkpoint
+    last = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert load_checkpoint(last)["global_step"] == 10  # nothing saved after the bad step
+
+
+# --- predict reads every image mode as what it shows -------------------------------------------------
+
+
+def grey_modes(folder: Path) -> dict[str, str]:
+    """Images in several modes, each beside an 8-bit grey (L) image of the grey levels it shows."""
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    pairs = {}
+    # A palette image: its pixels are indices into a palette of greys (the indices are not the levels).
+    order = rng.permutation(256).astype(np.uint8)
+    palette = Image.fromarray(np.argsort(order)[levels].astype(np.uint8), "P")
+    palette.putpalette(np.repeat(np.arange(256, dtype=np.uint8)[order], 3).tolist())
+    for name, image, shown in (
+        ("palette.png", palette, levels),
+        ("palette.gif", palette, levels),
+        ("bilevel.png", Image.fromarray(levels).convert("1", dither=Image.Dither.NONE), None),
+        ("opaque_alpha.png", Image.merge("LA", (Image.fromarray(levels), Image.new("L", (28, 28), 255))), levels),
+    ):
+        image.save(folder / name)
+        shown = shown if shown is not None else np.asarray(image.convert("L"))
+        Image.fromarray(shown, "L").save(folder / f"{name}.as_grey.png")
+        pairs[name] = f"{name}.as_grey.png"
+    return pairs
+
+
+def test_predict_reads_every_image_mode_as_the_grey_levels_it_shows(trained, tmp_path, in_tmp):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pairs = grey_modes(folder)
+    ckpt = trained / "lightning_logs/version_0/checkpoints/last.ckpt"
+    args = ["predict", f"--ckpt_path={ckpt}", f"--data.predict_dir={folder}", "--predictions.path=out.csv", *FAST]
+    ResNetCLI(args=args)
+    with open(in_tmp / "out.csv") as f:
+        rows = {Path(row["source"]).name: (row["predicted"], row["confidence"]) for row in csv.DictReader(f)}
+    assert len(rows) == 2 * len(pairs)
+    for image, grey in pairs.items():
+        assert rows[image] == rows[grey], image  # the same input as its grey twin: the same prediction
+
+
+UNREADABLE = {
+    "a colour palette": (lambda: Image.new("P", (28, 28), 1), "is 28x28 with 3 channel(s)"),
+    "transparent pixels": (lambda: Image.new("LA", (28, 28), (128, 0)), "has transparent pixels"),
+    "16-bit pixels": (lambda: Image.new("I;16", (28, 28), 1000), "holds I;16 pixels"),
+}
+
+
+@pytest.mark.parametrize("make, expected", UNREADABLE.values(), ids=UNREADABLE)
+def test_predict_refuses_images_it_cannot_read_as_grey_levels(trained, tmp_path, capsys, in_tmp, make, expected):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = make()
+    if image.mode == "P":
+        image.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)  # index 1: red
+    image.save(folder / "a.png")
+    ckpt = trained / "lightning_logs/version_0/checkpoints/last.ckpt"
+    line = refused(capsys, ["predict", f"--ckpt_path={ckpt}", f"--data.predict_dir={folder}", *FAST])
+    assert expected in line
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_predict_refuses_an_animated_gif(trained, tmp_path, capsys, in_tmp):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    frames = [Image.new("L", (28, 28), level) for level in (0, 255)]
+    frames[0].save(folder / "a.gif", save_all=True, append_images=frames[1:])
+    ckpt = trained / "lightning_logs/version_0/checkpoints/last.ckpt"
+    line = refused(capsys, ["predict", f"--ckpt_path={ckpt}", f"--data.predict_dir={folder}", *FAST])
+    assert "is animated (2 frames)" in line
+
+
+# --- the disk, downloads and signals outside fit ----------------------------------------------------
+
+
+def test_a_full_disk_while_saving_ends_in_one_line_and_keeps_the_previous_checkpoints(
+    tmp_path, trained, fashion_root, capsys, monkeypatch
+):
+    shutil.copytree(trained / "lightning_logs", tmp_path / "lightning_logs")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path / "lightning_logs/version_0/checkpoints")
+    save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):  # what torch's writer raises when a write fails
+        save(obj, f, *args, **kwargs)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 167744 vs 167640")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    args = ["fit", "--model.arch=resnet8", "--trainer.max_epochs=2", "--ckpt_path=last", *FAST]
+    line = refused(capsys, [*args, *data_flags(fashion_root)], status=1)
+    assert "could not write (" in line and "last.ckpt): the write failed" in line and "is the disk full?" in line
+    assert snapshot(tmp_path / "lightning_logs/version_0/checkpoints") == before  # no temporary file either
+
+
+def test_a_failed_download_leaves_no_folder_behind(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def offline(self):
+        Path(self.raw_folder).mkdir(parents=True, exist_ok=True)  # as torchvision does before fetching
+        raise OSError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
+
+    monkeypatch.setattr(FashionMNIST, "download", offline)
+    line = refused(capsys, ["fit", "--data.data_dir=new/data", "--data.download=true", *FAST])
+    assert "Fashion-MNIST is not in 'new/data/FashionMNIST/raw' and it could not be downloaded" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # three short subprocess runs
+@pytest.mark.parametrize(
+    "subcommand, signal_name, status",
+    [("test", "SIGTERM", 143), ("predict", "SIGTERM", 143), ("predict", "SIGINT", 130)],
+)
+def test_a_signal_during_test_or_predict_stops_it_and_leaves_no_half_file(
+    tmp_path, trained, subcommand, signal_name, status
+):
+    ckpt = trained / "lightning_logs/version_0/checkpoints/last.ckpt"
+    signal_at = ["--trainer.callbacks+=processes.SignalAtBatch", f"--trainer.callbacks.signal_name={signal_name}"]
+    args = [subcommand, f"--ckpt_path={ckpt}", "--predictions.path=out.csv", *FAST, *signal_at]
+    process = run_module(args, cwd=tmp_path)
+    output = finish(process)
+    assert process.returncode == status, output
+    assert "Traceback" not in output
+    assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob(".*.partial"))

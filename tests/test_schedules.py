@@ -63,3 +63,12 @@ def test_warmup_state_survives_a_checkpoint(tmp_path):
     assert not warming_up(restored)
     restored.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_a_linear_ramp_scales_the_first_steps_then_leaves_the_schedule():
+    cosine = Schedule("cosine", total=100, ramp=4)
+    assert [cosine(t) for t in range(4)] == pytest.approx(
+        [0.25 * (t + 1) * Schedule("cosine", total=100)(t) for t in range(4)]
+    )
+    assert cosine(4) == Schedule("cosine", total=100)(4)
+    assert [Schedule("multistep", [3], ramp=2)(t) for t in range(5)] == pytest.approx([0.5, 1, 1, 0.1, 0.1])

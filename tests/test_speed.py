@@ -6,8 +6,6 @@ the very same batches, so runs with and without it agree to the bit. on_device a
 channels_last are on by default.
 """
 
-import sys
-
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -21,11 +19,6 @@ from resnet_lit.device_data import DeviceBatches
 EPOCHS = 10
 # Runs that learned the same ends up within 5 of the 100 validation images of each other.
 NOISE = 0.05
-
-
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["resnet_lit"])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -199,3 +192,22 @@ def test_compile_learns_as_the_default_and_its_checkpoint_loads_without_compile(
     )
     assert plain.model.net._compiled_call_impl is None
     assert val_acc(plain) == pytest.approx(val_acc(cli), abs=0.02)  # eager vs compiled arithmetic: a sample at most
+
+
+def test_compile_mode_reaches_torch_compile_and_graphs_only_on_a_gpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
+    model = ResNetClassifier(arch="resnet8", compile=True, compile_mode="reduce-overhead")
+    model.configure_model()
+    assert calls == [{"dynamic": False, "mode": "reduce-overhead"}]
+    assert not model._graphs  # CUDA graphs need a GPU: on the CPU it compiles as "default" would
+
+
+# --- the optimizer -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_optimizer_is_fused_so_a_step_can_be_skipped_on_the_device(optimizer):
+    model = ResNetClassifier(arch="resnet8", optimizer=optimizer)
+    opt = model.configure_optimizers()["optimizer"]
+    assert opt.defaults["fused"]  # one kernel per update; StopOnNonFiniteLoss hands it `found_inf`

@@ -1,10 +1,15 @@
 """The sweep: real `python -m resnet_lit` processes on the stand-in data, one after another."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from resnet_lit import sweep
@@ -106,3 +111,46 @@ def test_an_interrupted_fit_resumes_from_its_last_checkpoint(tmp_path, data_args
     assert logs == ["version_0", "version_1"]  # the resumed fit went on in version_0; the test is version_1
     assert len(list((tmp_path / "runs/r8/lightning_logs/version_0").glob("events.out.tfevents.*"))) == 2
     assert "| r8 | Fashion-MNIST | resnet8 | 8 | 75,002 | 20 |" in out  # both epochs, one run
+
+
+def test_jobs_are_spread_over_the_gpus_in_turn_or_split_the_cores(monkeypatch):
+    jobs = [sweep.Job(Path(f"c{i}.yaml"), Path(f"runs/c{i}")) for i in range(5)]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    sweep.assign_devices(jobs, n_jobs=4)
+    assert [job.env["CUDA_VISIBLE_DEVICES"] for job in jobs] == ["0", "1", "0", "1", "0"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    sweep.assign_devices(jobs, n_jobs=2)
+    assert all(job.env == {"OMP_NUM_THREADS": "4"} for job in jobs)
+
+
+@pytest.mark.slow  # two runs at once, stopped, then resumed and tested: 6 processes
+def test_a_sweep_of_parallel_jobs_stopped_and_rerun_finishes_every_run_exactly(tmp_path, data_args):
+    configs = [write_config(tmp_path, name, arch) for name, arch in (("r8", "resnet8"), ("p8", "plain8"))]
+    argv = [*map(str, configs), "--jobs", "2", "--trainer.max_epochs=3", *data_args]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, "-m", "resnet_lit.sweep", *argv]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lasts = [tmp_path / f"runs/{name}/lightning_logs/version_0/checkpoints/last.ckpt" for name in ("r8", "p8")]
+    deadline = time.monotonic() + 300
+    while not all(last.exists() for last in lasts) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # as a scheduler stops the sweep
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 143, output
+    assert "SIGTERM: every run saved its last.ckpt" in output
+    stopped_at = [torch.load(last, weights_only=True)["global_step"] for last in lasts]
+    assert all(0 < step < 30 for step in stopped_at), stopped_at
+
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "r8: fit (resuming)" in rerun.stdout and "p8: fit (resuming)" in rerun.stdout
+    assert any(line.startswith("r8: epoch 3/3, step 30") for line in rerun.stdout.splitlines())  # a line per epoch
+    for name, last in zip(("r8", "p8"), lasts, strict=True):
+        assert torch.load(last, weights_only=True)["global_step"] == 30
+        assert (tmp_path / f"runs/{name}/done").is_file()
+        assert not list(last.parent.glob("last-v*.ckpt"))

@@ -1,0 +1,98 @@
+"""Run folders: `lightning_logs/version_N`, each claimed by one run, and the checkpoints inside them.
+
+Lightning's `TensorBoardLogger` picks the next version by listing the folder, so two runs started
+at the same moment in one folder both take `version_0`, and one overwrites the other's files.
+`ExclusiveTensorBoardLogger` claims its folder with `mkdir`, which the file system lets exactly
+one caller win; the loser takes the next number.
+"""
+
+import contextlib
+import re
+from pathlib import Path
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import TensorBoardLogger
+
+VERSION = re.compile(r"version_(\d+)")
+_claimed: list[Path] = []  # folders claim_version created in this process, newest last
+LOGS = "lightning_logs"
+
+
+def version_number(folder: Path) -> int:
+    """N of a version_N folder; -1 for any other name."""
+    match = VERSION.fullmatch(Path(folder).name)
+    return int(match.group(1)) if match else -1
+
+
+def run_folders(root: Path) -> list[Path]:
+    """`root`'s version_N folders, oldest (lowest N) first."""
+    root = Path(root)
+    found = root.glob("version_*") if root.is_dir() else []
+    return sorted((p for p in found if p.is_dir() and version_number(p) >= 0), key=version_number)
+
+
+def claim_version(root: Path) -> int:
+    """Create `root/version_N` for the lowest free N above every existing one, atomically; returns N."""
+    root = Path(root)
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        _claimed.append(root)
+    taken = [version_number(p) for p in root.iterdir()]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+        except FileExistsError:
+            version += 1  # another run took it between the listing and the mkdir
+            continue
+        _claimed.append(root / f"version_{version}")
+        return version
+
+
+def release_empty_claims() -> None:
+    """Remove the folders `claim_version` made that are still empty: a run refused before it wrote anything."""
+    while _claimed:
+        folder = _claimed.pop()
+        with contextlib.suppress(OSError):  # not empty (the run wrote to it), or gone already
+            folder.rmdir()
+
+
+class ExclusiveTensorBoardLogger(TensorBoardLogger):
+    """Lightning's `TensorBoardLogger` whose new `version_N` folder belongs to this run alone.
+
+    Until the run first writes (Lightning opens the experiment after the checks that can refuse a
+    run, so a refused run leaves nothing behind) the version is the next free number, as
+    Lightning's logger has it; then the folder is claimed with `claim_version`, and the version is
+    the one claimed. Under DDP only the process of rank 0 claims; the others learn the folder from
+    it, as with Lightning's own logger.
+    """
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            return max((version_number(p) for p in run_folders(Path(self.root_dir))), default=-1) + 1
+        return self._version
+
+    @property
+    def experiment(self):
+        if self._version is None and rank_zero_only.rank == 0:
+            self._version = claim_version(Path(self.root_dir))
+        return super().experiment
+
+
+def newest_checkpoint(root: Path, which: str) -> Path | None:
+    """The `last.ckpt` of the newest run under `root/lightning_logs` that has one ("last"), or its best ("best").
+
+    The best checkpoint is the one that run's ModelCheckpoint recorded as best (by `val/acc`) in
+    its `last.ckpt`; None where no run has a last.ckpt (or, for "best", where it records none).
+    """
+    from resnet_lit.checkpointing import best_recorded, load_checkpoint  # imports torch: only when asked
+
+    for folder in reversed(run_folders(Path(root) / LOGS)):
+        last = folder / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            continue
+        if which == "last":
+            return last
+        return best_recorded(load_checkpoint(last), last.parent)
+    return None
