@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_DATA_DIR = "/work/shared/data"
+DEFAULT_DATA_DIR = "data"  # as the CLI's --data.data_dir; give --data-dir for data elsewhere
 
 
 def arguments(description: str) -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Training batches per second: our DataModule against the textbook torchvision pipeline.
 
-    python benchmarks/data.py [--data-dir /work/shared/data] [--workers 0] [--on-device true]
+    python benchmarks/data.py [--data-dir data] [--workers 0] [--on-device true]
                               [--batches 50] [--repeats 5]
 
 Both sides deliver the same thing, batches of 128 normalized Fashion-MNIST training images with

@@ -17,32 +17,35 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Trainer
 
+from resnet_lit.errors import BadInput
 
-class CheckpointError(ValueError):
+PathLike = str | os.PathLike  # a file's path, as Lightning hands it over
+
+
+class CheckpointError(BadInput):
     """A checkpoint that cannot be used: damaged, or holding more than plain data."""
 
 
-def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """A checkpoint's contents, unpickled weights-only: tensors, numbers, strings and containers.
 
     Raises:
-        FileNotFoundError: there is no such file.
+        BadInput: there is no such file.
         CheckpointError: the file is damaged (truncated, corrupt, not a checkpoint) or asks to
             import anything beyond plain data, which would let it run code.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise BadInput(f"checkpoint {str(path)!r} does not exist")
     checkpoint, problem = _try_load(path, map_location)
     if problem is not None:
         raise CheckpointError(_damaged_message(path, problem))
     return checkpoint
 
 
-def is_intact(path: _PATH) -> bool:
+def is_intact(path: PathLike) -> bool:
     path = Path(path)
     try:
         return path.is_file() and _try_load(path, "cpu")[1] is None
@@ -50,7 +53,7 @@ def is_intact(path: _PATH) -> bool:
         return False
 
 
-def newest_intact(folder: _PATH, exclude: _PATH | None = None) -> Path | None:
+def newest_intact(folder: PathLike, exclude: PathLike | None = None) -> Path | None:
     """The most recently written checkpoint in `folder` that loads, or None."""
     candidates = [p for p in Path(folder).glob("*.ckpt") if exclude is None or p != Path(exclude)]
     for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
@@ -59,7 +62,7 @@ def newest_intact(folder: _PATH, exclude: _PATH | None = None) -> Path | None:
     return None
 
 
-def atomic_save(checkpoint: dict[str, Any], path: _PATH) -> None:
+def atomic_save(checkpoint: dict[str, Any], path: PathLike) -> None:
     """`torch.save` to a temporary file beside `path`, flushed to disk, then renamed over it.
 
     A crash at any moment leaves either the previous file or the new one under `path`, never
@@ -88,7 +91,7 @@ def atomic_save(checkpoint: dict[str, Any], path: _PATH) -> None:
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint reader and writer, with atomic local saves and weights-only loads."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Any | None = None) -> None:
         if _is_remote(path):
             super().save_checkpoint(checkpoint, path, storage_options)  # object stores: Lightning's own way
             return
@@ -96,7 +99,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} does not take storage_options")
         atomic_save(checkpoint, path)
 
-    def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+    def load_checkpoint(
+        self, path: PathLike, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict:
         if weights_only is False:
             raise CheckpointError("weights_only=False would let a checkpoint run code when loaded; it is not supported")
         if _is_remote(path):
@@ -110,9 +115,26 @@ def use_safe_checkpoint_io(trainer: Trainer) -> None:
         trainer.strategy.checkpoint_io = SafeCheckpointIO()
 
 
-def _try_load(path: Path, map_location: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """(the checkpoint, None), or (None, what is damaged); a checkpoint that would run code is refused."""
-    problem = _damage(path)
+def read_weights_only(path: PathLike, map_location: Any = "cpu") -> Any:
+    """Any file `torch.save` wrote (a checkpoint, a bare state dict), unpickled as plain data only.
+
+    Raises:
+        CheckpointError: the file is damaged, or unpickling it would import anything beyond plain data.
+    """
+    path = Path(path)
+    loaded, problem = _try_load(path, map_location, lightning=False)
+    if problem is not None:
+        raise CheckpointError(f"{str(path)!r} cannot be read: {problem}")
+    return loaded
+
+
+def _try_load(path: Path, map_location: Any, lightning: bool = True) -> tuple[Any, str | None]:
+    """(the checkpoint, None), or (None, what is damaged); a checkpoint that would run code is refused.
+
+    `lightning`: it must be a Lightning checkpoint (a dict with a state_dict). Otherwise a file in
+    torch's legacy (pre-1.6, not zip) format is read too, without the zip's checks.
+    """
+    problem = _damage(path) if lightning or zipfile.is_zipfile(path) or path.stat().st_size == 0 else None
     if problem:
         return None, problem
     try:
@@ -127,7 +149,7 @@ def _try_load(path: Path, map_location: Any) -> tuple[dict[str, Any] | None, str
         return None, "its contents cannot be unpickled"
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         return None, _first_sentence(err)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if lightning and (not isinstance(checkpoint, dict) or "state_dict" not in checkpoint):
         return None, "it holds no state_dict, so it is not a Lightning checkpoint"
     return checkpoint, None
 
@@ -178,7 +200,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def _is_remote(path: _PATH) -> bool:
+def _is_remote(path: PathLike) -> bool:
     return "://" in str(path)
 
 

@@ -6,6 +6,7 @@ python -m resnet_lit test --ckpt_path lightning_logs/version_0/checkpoints/last.
 
 import difflib
 import inspect
+import logging
 import os
 import re
 import signal
@@ -22,15 +23,23 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, Progr
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from resnet_lit.callbacks import BestAndLastCheckpoint, EpochLines, LoggedValuesProgressBar, PredictionWriter
+from resnet_lit import compat
+from resnet_lit.callbacks import (
+    BestAndLastCheckpoint,
+    EpochLines,
+    ExactResume,
+    LoggedValuesProgressBar,
+    PredictionWriter,
+    SaveOnInterrupt,
+    StopOnNonFiniteLoss,
+)
 from resnet_lit.checkpointing import use_safe_checkpoint_io
-from resnet_lit.data import FashionMNISTDataModule, InMemoryImageDataModule, MissingDataError
-from resnet_lit.guards import NonFiniteLossError, SaveOnInterrupt, StopOnNonFiniteLoss
+from resnet_lit.data import FashionMNISTDataModule, InMemoryImageDataModule
+from resnet_lit.errors import BadInput, NonFiniteLossError
 from resnet_lit.insight import Insight
-from resnet_lit.loaders import RestoreLoaderPosition
+from resnet_lit.models import NETWORK_KEYS
 from resnet_lit.module import ResNetClassifier
 from resnet_lit.resume import (
-    NETWORK_KEYS,
     CheckpointSettings,
     ResumeError,
     network_differences,
@@ -43,7 +52,7 @@ DEBUG_ENV = "RESNET_LIT_DEBUG"
 LINKED = ("in_channels", "num_classes", "image_size")  # the model's, set from the data module's
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(BadInput):
     """The checkpoint holds a different network than the one the config asks for."""
 
 
@@ -52,6 +61,7 @@ class ResNetCLI(LightningCLI):
 
     def __init__(self, args: ArgsType = None, run: bool = True) -> None:
         self._checkpoint: CheckpointSettings | None = None
+        self._resume_version: int | None = None
         super().__init__(
             ResNetClassifier,
             InMemoryImageDataModule,
@@ -60,8 +70,9 @@ class ResNetCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             seed_everything_default=0,  # Lightning's own fallback, without its "No seed found" warning
-            # Always on, whatever callbacks a config adds (LightningCLI appends these).
-            trainer_defaults={"callbacks": [StopOnNonFiniteLoss(), SaveOnInterrupt(), RestoreLoaderPosition()]},
+            # Always on, whatever callbacks a config adds (LightningCLI appends it); the others are
+            # option groups below, each with its switch (resnet_lit.callbacks lists them all).
+            trainer_defaults={"callbacks": [ExactResume()]},
             args=args,
             run=run,
         )
@@ -90,6 +101,8 @@ class ResNetCLI(LightningCLI):
         parser.add_lightning_class_args(ModelSummary, "summary")
         parser.set_defaults({"summary.max_depth": 2})
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_nan")
+        parser.add_lightning_class_args(SaveOnInterrupt, "save_on_interrupt")
         # Per-class accuracy, confusion matrix, most confident mistakes, model graph; --insight.enabled false: off.
         parser.add_lightning_class_args(Insight, "insight")
 
@@ -109,22 +122,16 @@ class ResNetCLI(LightningCLI):
             return
         try:
             settings = read_settings(resolved.path)
-        except ValueError as err:
+        except BadInput as err:
             if resolved.named_as is None:
                 raise
             raise type(err)(f"--ckpt_path {resolved.named_as}: {err}") from err
         self._checkpoint = settings
-        self._subcommand_parsers[subcommand].set_defaults(checkpoint_defaults(subcommand, settings))
+        compat.set_subcommand_defaults(self, subcommand, checkpoint_defaults(subcommand, settings))
         super().parse_arguments(parser, args)
         config = self.config[subcommand]
         config.ckpt_path = resolved.path
-        if resolved.version is not None:
-            # The folder exactly as Lightning's default logger names it, so ModelCheckpoint recognises
-            # its own folder and keeps writing last.ckpt (not last-v1.ckpt beside a stale last.ckpt).
-            config.trainer.logger = {
-                "class_path": f"{ExclusiveTensorBoardLogger.__module__}.ExclusiveTensorBoardLogger",
-                "init_args": {"save_dir": resolved.save_dir, "name": LOGS, "version": resolved.version},
-            }
+        self._resume_version = resolved.version  # fit --ckpt_path last: go on logging in that run's folder
         data_dir = config.data.init_args.get("data_dir") if "init_args" in config.data else None
         if settings.data_dir_missing is not None and data_dir == settings.data_dir_missing:
             raise ResumeError(
@@ -133,7 +140,11 @@ class ResNetCLI(LightningCLI):
             )
 
     def _parse_ckpt_path(self) -> None:
-        """Replaced by `parse_arguments`, which lets explicit arguments win over the checkpoint."""
+        """Replaced by `parse_arguments`, which lets explicit arguments win over the checkpoint.
+
+        A private method of LightningCLI (2.6), overridden to turn it off: it would set the
+        checkpoint's settings over the explicit ones. See resnet_lit.compat for the other private uses.
+        """
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -142,12 +153,6 @@ class ResNetCLI(LightningCLI):
         config = self.config[subcommand]
         check_run_settings(subcommand, config)
         name_the_seed(config)
-        if config.trainer.logger in (None, True):
-            save_dir = os.path.normpath(os.path.expanduser(config.trainer.default_root_dir or os.getcwd()))
-            config.trainer.logger = {
-                "class_path": f"{ExclusiveTensorBoardLogger.__module__}.ExclusiveTensorBoardLogger",
-                "init_args": {"save_dir": save_dir, "name": LOGS},
-            }
         if subcommand == "fit" and self._checkpoint is not None:
             unlinked = tuple(k for k in NETWORK_KEYS if k not in LINKED)  # the linked ones are checked once built
             self._refuse_other_network(network_differences(config.model, self._checkpoint.model, unlinked))
@@ -160,7 +165,7 @@ class ResNetCLI(LightningCLI):
                 )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self._get(self.config_init, "trainer", default={})
+        config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer", {})
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_progress_bar") is False:
@@ -168,7 +173,31 @@ class ResNetCLI(LightningCLI):
         elif not any(isinstance(c, ProgressBar) for c in callbacks):
             # In place of Lightning's default bar, which would read a value on the host every step.
             kwargs["callbacks"] = [*callbacks, LoggedValuesProgressBar()]
+        # The option groups' callbacks are always built; Lightning's own switches turn them off here.
+        checkpointing = config.get("enable_checkpointing") is not False
+        summary = config.get("enable_model_summary") is not False
+        logger = config.get("logger") is not False
+        if config.get("logger") in (None, True):
+            # The default logger, as Lightning's but with a run folder of its own (config.yaml keeps
+            # saying "default", so running it again makes a new run). The folder exactly as
+            # Lightning's default logger names it, so ModelCheckpoint recognises its own folder on
+            # resume and keeps writing last.ckpt (not last-v1.ckpt beside a stale last.ckpt).
+            save_dir = os.path.normpath(os.path.expanduser(config.get("default_root_dir") or os.getcwd()))
+            kwargs["logger"] = ExclusiveTensorBoardLogger(
+                save_dir, name=LOGS, version=self._resume_version, hparams_tab=self.subcommand == "fit"
+            )
+        kwargs["enable_checkpointing"] = True  # Lightning refuses False beside a ModelCheckpoint: removed below
+        kwargs["enable_model_summary"] = False  # ours (depth 2) or none; Lightning would only say it skipped
         trainer = super().instantiate_trainer(**kwargs)
+        unwanted = (
+            (BestAndLastCheckpoint, not checkpointing),
+            (ModelSummary, not summary),
+            (LearningRateMonitor, not logger),  # it refuses to run without a logger
+        )
+        for kind, drop in unwanted:
+            if drop:
+                for callback in [c for c in trainer.callbacks if isinstance(c, kind)]:
+                    trainer.callbacks.remove(callback)
         use_safe_checkpoint_io(trainer)  # atomic saves, weights-only loads
         return trainer
 
@@ -198,7 +227,6 @@ class ResolvedCheckpoint:
     """A checkpoint file to start from; for `fit --ckpt_path last`, the run folder to go on logging in."""
 
     path: str
-    save_dir: str | None = None
     version: int | None = None
     named_as: str | None = None  # "last" or "best", where the path was looked up
 
@@ -231,10 +259,10 @@ def resolve_checkpoint(subcommand: str, config: Namespace) -> ResolvedCheckpoint
         root = Path(config.trainer.default_root_dir or ".")
         try:
             found = newest_checkpoint(root, ckpt_path)  # refuses a damaged or unsafe last.ckpt
-        except ValueError as err:
+        except BadInput as err:
             raise type(err)(f"--ckpt_path {ckpt_path}: {err}") from err
         if found is None:
-            raise FileNotFoundError(
+            raise BadInput(
                 f"--ckpt_path {ckpt_path}: no {root / LOGS}/version_*/checkpoints/last.ckpt"
                 f"{' recording a best checkpoint' if ckpt_path == 'best' else ''} to "
                 f"{'resume from' if subcommand == 'fit' else subcommand}; "
@@ -245,16 +273,15 @@ def resolve_checkpoint(subcommand: str, config: Namespace) -> ResolvedCheckpoint
                 )
             )
         if subcommand == "fit":
-            save_dir = os.path.normpath(os.path.expanduser(config.trainer.default_root_dir or os.getcwd()))
-            return ResolvedCheckpoint(str(found), save_dir, version_number(found.parents[1]), ckpt_path)
+            return ResolvedCheckpoint(str(found), version_number(found.parents[1]), ckpt_path)
         return ResolvedCheckpoint(str(found), named_as=ckpt_path)
     if Path(ckpt_path).is_dir():
-        raise FileNotFoundError(
+        raise BadInput(
             f"--ckpt_path {ckpt_path!r} is a folder, not a checkpoint file: give a .ckpt file (a run keeps them in "
             "lightning_logs/version_N/checkpoints/), or --ckpt_path last"
         )
     if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such file")
+        raise BadInput(f"--ckpt_path {ckpt_path!r}: no such file")
     return ResolvedCheckpoint(ckpt_path)
 
 
@@ -304,7 +331,7 @@ def name_the_seed(config: Namespace) -> None:
 def check_run_settings(subcommand: str, config: Namespace) -> None:
     """Refuse settings Lightning would accept but that cannot do what the user means."""
     if config.get("weights_only") is False:
-        raise ValueError(
+        raise BadInput(
             "--weights_only false would let a checkpoint run code when it is loaded; resnet_lit's checkpoints "
             "hold plain data only, so drop the option"
         )
@@ -313,7 +340,7 @@ def check_run_settings(subcommand: str, config: Namespace) -> None:
     for key in ("max_epochs", "max_steps"):
         value = config.trainer.get(key)
         if value is not None and (value == 0 or value < -1):
-            raise ValueError(f"trainer.{key} must be positive (or -1 for no limit), got {value}")
+            raise BadInput(f"trainer.{key} must be positive (or -1 for no limit), got {value}")
 
 
 def main(args: ArgsType = None) -> None:
@@ -325,17 +352,26 @@ def main(args: ArgsType = None) -> None:
     # The data sets live in memory and a batch is one tensor index: worker processes would only
     # add copies, so num_workers=0 is deliberate and Lightning's hint about it is noise here.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_lightning_notices)
     warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning 2.6 itself
     try:
-        ResNetCLI(args=args)
+        cli = ResNetCLI(args=args)
+        if cli.subcommand == "fit":
+            print(fit_summary(cli.trainer))
     except SIGTERMException as stop:
         raise SystemExit(130 if getattr(stop, "signal_name", "") == "Ctrl-C" else 128 + signal.SIGTERM) from None
     except ArgumentError as err:
         _refuse(err, _argument_message(str(err)), "--help lists the options", status=2)
     except NonFiniteLossError as err:
         _refuse(err, str(err), f"set {DEBUG_ENV}=1 for the traceback", status=1)
-    except (ValueError, MissingDataError, FileNotFoundError, MisconfigurationException) as err:
+    except (BadInput, MisconfigurationException) as err:  # the project's refusals, and Lightning's of its settings
         _refuse(err, str(_cause(err)), f"set {DEBUG_ENV}=1 for the traceback", status=2)
+    except ValueError as err:
+        # jsonargparse reports a data module that refused its arguments as a value of the wrong type.
+        refusal = _refusal_within(err) or _union_refusal(str(err))
+        if refusal is None:
+            raise  # not bad input: a bug, with its traceback
+        _refuse(err, str(refusal), f"set {DEBUG_ENV}=1 for the traceback", status=2)
     except OSError as err:  # the disk is full, a folder read-only: checkpoints are written atomically, so none is lost
         where = f" ({err.filename})" if err.filename else ""
         _refuse(
@@ -348,11 +384,66 @@ def main(args: ArgsType = None) -> None:
         release_empty_claims()  # a run folder made for a run that was then refused
 
 
+# Lightning's notices that say nothing about the run: advertising, and "no GPU" on a machine
+# without one. Matched exactly; "GPU available: True, used: False" (a GPU left idle) still shows.
+QUIET_NOTICES = (
+    re.compile(r"💡 Tip: .*"),
+    re.compile(r"GPU available: False, used: False"),
+    re.compile(r"TPU available: False, using: 0 TPU cores"),
+)
+
+
+def _drop_lightning_notices(record: logging.LogRecord) -> bool:
+    return not any(pattern.fullmatch(str(record.getMessage())) for pattern in QUIET_NOTICES)
+
+
+def fit_summary(trainer: Trainer) -> str:
+    """One closing line of a fit: where its run folder is, its best checkpoint, and what to run next."""
+    folder = _short(trainer.log_dir or trainer.default_root_dir)
+    checkpoint = trainer.checkpoint_callback
+    best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+    if not best:
+        return f"fit: done; run folder {folder} (no checkpoint written)"
+    score = getattr(checkpoint, "best_model_score", None)
+    monitor = getattr(checkpoint, "monitor", None) or "score"
+    said = f" ({monitor} {score.item():.4f})" if score is not None else ""
+    best = _short(best)
+    next_ = f"python -m resnet_lit test --ckpt_path {best}"
+    return f"fit: done; run folder {folder}; best checkpoint {best}{said}; next: {next_}"
+
+
+def _short(path: str) -> str:
+    """`path` relative to the working folder where it lies below it, else as it is."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def _refuse(err: BaseException, message: str, hint: str, status: int) -> None:
     if os.environ.get(DEBUG_ENV):
         raise err
     print(f"error: {' '.join(message.split())} ({hint})", file=sys.stderr)
     raise SystemExit(status) from None
+
+
+def _refusal_within(err: BaseException) -> BadInput | None:
+    """The project's refusal that caused `err`, following its causes; None where there is none."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, BadInput):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _union_refusal(message: str) -> str | None:
+    """The class's own refusal inside jsonargparse's "Does not validate against any of the Union subtypes"."""
+    if "Does not validate against any of the Union subtypes" not in message:
+        return None
+    errors = message.split("Errors:", 1)[-1].split("Given value type:", 1)[0]
+    reasons = [line.strip()[2:] for line in errors.splitlines() if line.strip().startswith("- ")]
+    reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
+    return reasons[0] if reasons else None
 
 
 def _cause(err: BaseException) -> BaseException:
@@ -372,11 +463,14 @@ def _argument_message(message: str) -> str:
     (`data`) with the real error nested under it: the innermost key and its own error are the ones
     that say what is wrong. tests/test_cli.py checks each rewrite against the installed jsonargparse.
     """
-    nested = re.search(r"""Parser key "(\w+)":.*?Option '([\w.]+)' is not accepted""", message, re.DOTALL)
+    # "Option 'x' is not accepted" (jsonargparse >= 4.41), "Key 'x' is not expected" (before).
+    unaccepted = r"""Parser key "(\w+)":.*?(?:Option|Key) '([\w.]+)' is not (?:accepted|expected)"""
+    nested = re.search(unaccepted, message, re.DOTALL)
     if nested:  # an unknown option of the data module, reported by its parent option
         message = f"unrecognized arguments: --{nested.group(1)}.{nested.group(2)}"
-    unknown = re.match(r"unrecognized arguments: (\S+)", message)
+    unknown = re.match(r"unrecognized arguments: (\S+)", message, re.IGNORECASE)  # "Unrecognized" before 4.41
     if unknown:
+        message = "unrecognized" + message[len("unrecognized") :]
         option = unknown.group(1).split("=", 1)[0]
         known = _known_options()
         group, _, name = option.partition(".")

@@ -9,7 +9,6 @@ import contextlib
 import gzip
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,110 +18,26 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import CIFAR10, FashionMNIST, VisionDataset
 
-from resnet_lit.device_data import DeviceBatches, to_device
+from resnet_lit import compat
+from resnet_lit.batches import DeviceBatches, EpochShuffler, TensorImages, augment, loader, unrepeated_sampler
+from resnet_lit.errors import BadInput
 from resnet_lit.idx import check_pair
-from resnet_lit.loaders import ResumableDeviceBatches, ResumableLoader, unrepeated_sampler
-from resnet_lit.transforms import (
-    normalization,
-    normalize,
-    random_crop,
-    random_erasing,
-    random_hflip,
-    resize,
-    seeded_generator,
-)
+from resnet_lit.transforms import normalization, normalize, resize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-class MissingDataError(RuntimeError):
+class MissingDataError(BadInput):
     """The data set's files are not on disk and could not be downloaded."""
-
-
-class TensorImages(Dataset):
-    """Images (N, C, H, W) uint8 and targets (N,) int64, fetched a whole batch per index call.
-
-    `__getitems__` lets a DataLoader take a batch with one tensor index instead of stacking
-    `batch_size` single samples; its `collate_fn` must then pass the batch through unchanged.
-    """
-
-    def __init__(self, images: Tensor, targets: Tensor) -> None:
-        if len(images) != len(targets):
-            raise ValueError(f"{len(images)} images but {len(targets)} labels: the data files disagree")
-        self.images = images
-        self.targets = targets
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.targets[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[index], self.targets[index]
-
-
-def _keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """collate_fn for `TensorImages.__getitems__`, whose batches are already stacked."""
-    return batch
-
-
-class EpochShuffler(RandomSampler):
-    """A random order that is a function of (seed, epoch) only, so a resumed run repeats it.
-
-    Lightning calls `set_epoch` at the start of every epoch. It is a `RandomSampler`, so under
-    DDP Lightning replaces it with a `DistributedSampler(shuffle=True, seed=<global seed>)`,
-    which is deterministic in the same way.
-    """
-
-    def __init__(self, data_source: Sequence, seed: int) -> None:
-        super().__init__(data_source)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = seeded_generator(torch.device("cpu"), self.seed, self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 class InMemoryImageDataModule(LightningDataModule):
     """Shared machinery of the image data modules; subclasses name the data set and its files.
 
-    Args:
-        data_dir: folder holding the data set in torchvision's layout (e.g. `FashionMNIST/raw/`).
-        download: fetch (and checksum) the files through torchvision where they are missing.
-        batch_size: images per batch, for every stage.
-        num_workers: DataLoader worker processes. 0 suits data held in memory: a batch is one
-            tensor index, which workers would only wrap in inter-process copies.
-        val_size: images held out of the official training set for validation.
-        split_seed: seed of the train/val split; fixed, so runs with different seeds compare
-            on the same validation images.
-        seed: seed of the shuffle order and the augmentation draws; None follows the global
-            seed (`seed_everything`, which LightningCLI sets).
-        crop_padding: random-crop augmentation: pixels of zero padding on each side (0: off).
-        hflip: random horizontal flip augmentation.
-        erasing: Random Erasing augmentation (Zhong et al. 2020): the probability that a training
-            image gets a random rectangle set to the mean (`resnet_lit.transforms.random_erasing`); 0: off.
-        normalize: subtract `mean` and divide by `std` (per channel, on [0, 1] pixels);
-            False only scales to [0, 1].
-        mean: per-channel mean; None: the training set's.
-        std: per-channel standard deviation; None: the training set's.
-        resize: resize every batch to `resize` x `resize` on the device (None: native size).
-        predict_dir: a folder of images to classify with `predict`; None: the test set.
-        pin_memory: page-locked host batches, for faster, non-blocking copies to a GPU (where
-            the batches come from a DataLoader; see `on_device`).
-        on_device: copy the data set to the training device once and cut the training,
-            validation and test batches there (`resnet_lit.device_data`): no host work per
-            batch, and the same batches as a DataLoader's. A DataLoader is used instead with
-            `num_workers` > 0, in multi-process runs (where Lightning's distributed sampler
-            shards the data) and for `predict`.
+    Its init arguments are documented on `__init__` (where subclasses inherit them, and `--help` finds them).
     """
 
     classes: tuple[str, ...] = ()
@@ -151,6 +66,37 @@ class InMemoryImageDataModule(LightningDataModule):
         pin_memory: bool = False,
         on_device: bool = True,
     ) -> None:
+        """The data set and how it is fed.
+
+        Args:
+            data_dir: folder holding the data set in torchvision's layout (e.g. `FashionMNIST/raw/`).
+            download: fetch (and checksum) the files through torchvision where they are missing.
+            batch_size: images per batch, for every stage.
+            num_workers: DataLoader worker processes. 0 suits data held in memory: a batch is one
+                tensor index, which workers would only wrap in inter-process copies.
+            val_size: images held out of the official training set for validation.
+            split_seed: seed of the train/val split; fixed, so runs with different seeds compare
+                on the same validation images.
+            seed: seed of the shuffle order and the augmentation draws; None follows the global
+                seed (`seed_everything`, which LightningCLI sets).
+            crop_padding: random-crop augmentation: pixels of zero padding on each side (0: off).
+            hflip: random horizontal flip augmentation.
+            erasing: Random Erasing augmentation (Zhong et al. 2020): the probability that a training
+                image gets a random rectangle set to the mean (`resnet_lit.transforms.random_erasing`); 0: off.
+            normalize: subtract `mean` and divide by `std` (per channel, on [0, 1] pixels);
+                False only scales to [0, 1].
+            mean: per-channel mean; None: the training set's.
+            std: per-channel standard deviation; None: the training set's.
+            resize: resize every batch to `resize` x `resize` on the device (None: native size).
+            predict_dir: a folder of images to classify with `predict`; None: the test set.
+            pin_memory: page-locked host batches, for faster, non-blocking copies to a GPU (where
+                the batches come from a DataLoader; see `on_device`).
+            on_device: copy the data set to the training device once and cut the training,
+                validation and test batches there (`resnet_lit.batches`): no host work per
+                batch, and the same batches as a DataLoader's. A DataLoader is used instead with
+                `num_workers` > 0, in multi-process runs (where Lightning's distributed sampler
+                shards the data) and for `predict`.
+        """
         super().__init__()
         _check(batch_size > 0, f"data.batch_size must be positive, got {batch_size}")
         _check(val_size > 0, f"data.val_size must be positive, got {val_size}")
@@ -236,13 +182,14 @@ class InMemoryImageDataModule(LightningDataModule):
         return self._batches(self.train_set, sampler=sampler, drop_last=True, resumable=True)
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
-        return self._batches(self.val_set, sampler=unrepeated_sampler(self.val_set, self.trainer))
+        return self._batches(self.val_set, sampler=self._evaluation_sampler(self.val_set))
 
     def test_dataloader(self) -> DataLoader | DeviceBatches:
-        return self._batches(self.test_set, sampler=unrepeated_sampler(self.test_set, self.trainer))
+        return self._batches(self.test_set, sampler=self._evaluation_sampler(self.test_set))
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set)
+        # A DataLoader: PredictionWriter needs the batch indices, which only a DataLoader records.
+        return self._batches(self.predict_set, host=True)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         if isinstance(batch, Tensor):
@@ -251,16 +198,9 @@ class InMemoryImageDataModule(LightningDataModule):
         trainer = self.trainer
         if trainer is not None and trainer.training:
             # Keyed on (seed, epoch, batch, rank): a resumed run draws exactly what an uninterrupted one does.
-            batch_idx = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # this batch, 0-based
-            keys = (self._seed, trainer.current_epoch, batch_idx, trainer.global_rank)
-            generator = seeded_generator(images.device, *keys)
-            images = random_crop(images, self.hparams.crop_padding, generator)
-            if self.hparams.hflip:
-                images = random_hflip(images, generator)
-            images = self.preprocess(images)
-            if self.hparams.get("erasing"):
-                images = random_erasing(images, self.hparams.erasing, generator)
-            return images, targets
+            keys = (self._seed, trainer.current_epoch, compat.training_batch_index(trainer), trainer.global_rank)
+            hp = self.hparams
+            return augment(images, keys, hp.crop_padding, hp.hflip, hp.get("erasing", 0.0), self.preprocess), targets
         return self.preprocess(images), targets
 
     def state_dict(self) -> dict[str, int]:
@@ -287,40 +227,29 @@ class InMemoryImageDataModule(LightningDataModule):
         return images
 
     def _batches(
-        self, dataset: Dataset | None, sampler: Sampler | None = None, drop_last: bool = False, resumable: bool = False
+        self,
+        dataset: Dataset | None,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
+        resumable: bool = False,
+        host: bool = False,
     ) -> DataLoader | DeviceBatches:
         """Batches cut on the training device (`on_device`) where that applies, else a DataLoader.
 
         `resumable`: the loader records its position in the epoch for checkpoints (training).
         """
-        trainer = self.trainer
-        single_process = trainer is None or trainer.world_size == 1
-        if dataset is None or not (self.hparams.on_device and self.hparams.num_workers == 0 and single_process):
-            return self._loader(dataset, sampler, drop_last, ResumableLoader if resumable else DataLoader)
-        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        batches = ResumableDeviceBatches if resumable else DeviceBatches
-        return batches(*to_device(dataset, device), self.hparams.batch_size, sampler, drop_last)
-
-    def _loader(
-        self,
-        dataset: Dataset | None,
-        sampler: Sampler | None = None,
-        drop_last: bool = False,
-        loader_class: type[DataLoader] = DataLoader,
-    ):
         if dataset is None:
             raise RuntimeError("the data module was not set up for this stage; call setup() first")
-        workers = self.hparams.num_workers
-        return loader_class(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=_keep_batch,
-            pin_memory=self.hparams.pin_memory,
-            drop_last=drop_last,
-            persistent_workers=workers > 0,
-        )
+        trainer, hp = self.trainer, self.hparams
+        single_process = trainer is None or trainer.world_size == 1
+        device = None
+        if hp.on_device and hp.num_workers == 0 and single_process and not host:
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return loader(dataset, hp.batch_size, sampler, drop_last, resumable, device, hp.num_workers, hp.pin_memory)
+
+    def _evaluation_sampler(self, dataset: Dataset | None) -> Sampler | None:
+        trainer = self.trainer
+        return unrepeated_sampler(dataset, trainer.world_size, trainer.global_rank) if trainer is not None else None
 
     def _check_val_size(self, n_train: int, training: bool = False) -> None:
         val_size, batch_size = self.hparams.val_size, self.hparams.batch_size
@@ -356,11 +285,11 @@ class InMemoryImageDataModule(LightningDataModule):
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 if isinstance(err, ImageModeError):
                     raise
-                raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+                raise BadInput(f"cannot read image {str(path)!r}: {err}") from err
             image = image.unsqueeze(0) if image.dim() == 2 else image.permute(2, 0, 1)  # (C, H, W)
             if tuple(image.shape) != expected:
                 c, h, w = image.shape
-                raise ValueError(
+                raise BadInput(
                     f"image {str(path)!r} is {w}x{h} with {c} channel(s); this model expects "
                     f"{self.native_size}x{self.native_size} with {self.in_channels} channel(s)"
                 )
@@ -475,7 +404,7 @@ def _remove_new_empty_folders(root: Path, before: set[Path]) -> None:
             folder.rmdir()
 
 
-class ImageModeError(ValueError):
+class ImageModeError(BadInput):
     """An image whose pixels cannot be read as the grey levels or RGB values the model was trained on."""
 
 
@@ -520,4 +449,4 @@ def _pixels(image: Image.Image, channels: int, path: Path) -> np.ndarray:
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise BadInput(message)

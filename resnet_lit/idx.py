@@ -8,10 +8,12 @@ import math
 import struct
 from pathlib import Path
 
+from resnet_lit.errors import BadInput
+
 UNSIGNED_BYTE = 0x08  # the only element type the MNIST-style data sets use
 
 
-class DamagedDataError(ValueError):
+class DamagedDataError(BadInput):
     """A data file on disk is truncated, corrupt, or disagrees with its partner."""
 
 

@@ -16,8 +16,7 @@ The figures are drawn with PIL (which torchvision already installs), so nothing 
 import math
 import re
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from resnet_lit import compat
+from resnet_lit.errors import BadInput
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
@@ -60,7 +62,7 @@ class Insight(Callback):
         save_png: bool = True,
     ) -> None:
         if misclassified < 0:
-            raise ValueError(f"insight.misclassified must be 0 or more, got {misclassified}")
+            raise BadInput(f"insight.misclassified must be 0 or more, got {misclassified}")
         self.enabled = enabled
         self.during_fit = during_fit
         self.misclassified = misclassified
@@ -167,26 +169,9 @@ class Insight(Callback):
             if isinstance(logger, TensorBoardLogger):
                 # add_graph traces in eval mode, so the BatchNorm statistics are left as they are;
                 # TensorBoard's graph still needs torch.jit.trace, whose deprecation notice is noise here.
-                with warnings.catch_warnings(), eager(pl_module):
+                with warnings.catch_warnings(), compat.eager(pl_module):
                     warnings.filterwarnings("ignore", r"`torch\.jit\.trace.*` is deprecated", FutureWarning)
                     logger.experiment.add_graph(pl_module, example.to(pl_module.device))
-
-
-@contextmanager
-def eager(module: torch.nn.Module) -> Iterator[None]:
-    """Run the modules that `nn.Module.compile` compiled in place eagerly for a while.
-
-    torch.jit.trace (which TensorBoard's graph needs) refuses to trace a dynamo-compiled module,
-    and the graph of the eager module is the same network.
-    """
-    compiled = {m: m._compiled_call_impl for m in module.modules() if getattr(m, "_compiled_call_impl", None)}
-    for m in compiled:
-        m._compiled_call_impl = None
-    try:
-        yield
-    finally:
-        for m, impl in compiled.items():
-            m._compiled_call_impl = impl
 
 
 class ConfidentMistakes:

@@ -9,11 +9,15 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
-from torchmetrics import MaxMetric
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from resnet_lit import compat
+from resnet_lit.errors import BadInput
 from resnet_lit.models import build
 from resnet_lit.schedules import Schedule, end_warmup, warming_up
+from resnet_lit.weights import init_weights as load_init_weights
 
 ScheduleName = Literal["multistep", "step", "cosine", "onecycle", "constant"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -57,6 +61,11 @@ class ResNetClassifier(LightningModule):
         warmup_steps: a linear warm-up from 0 to the schedule's learning rate over the first
             `warmup_steps` steps (or epochs, with `interval` "epoch"), as Goyal et al. (2017)
             do for large batches; 0: none. Not with "onecycle", which warms up by itself.
+        init_weights: weights to start from, loaded when `fit` starts a new run (not when it
+            resumes) or when an evaluation runs without a checkpoint (`--ckpt_path untrained`): a
+            torchvision weights name (`ResNet18_Weights.IMAGENET1K_V1`), a checkpoint of this
+            project, or a checkpoint of akamaster/pytorch_resnet_cifar10; what had to be adapted
+            is printed (resnet_lit.weights). None: He et al.'s initialisation.
         label_smoothing: the training loss's target puts this much of its mass on the other
             classes evenly (Szegedy et al. 2016); 0: plain cross-entropy. Evaluation losses are
             always plain cross-entropy, so they compare across runs.
@@ -101,6 +110,7 @@ class ResNetClassifier(LightningModule):
         warmup_lr: float | None = None,
         warmup_until_error: float = 0.8,
         warmup_steps: int = 0,
+        init_weights: str | None = None,
         label_smoothing: float = 0.0,
         ema_decay: float | None = None,
         tta: bool = False,
@@ -112,25 +122,25 @@ class ResNetClassifier(LightningModule):
         # He et al. 2016, Sec. 4.2: divide by 10 at 32k and 48k iterations (CIFAR-10, batch 128).
         self.milestones = list(milestones) if milestones is not None else [32_000, 48_000]
         if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"model.lr must be positive and finite, got {lr}")
+            raise BadInput(f"model.lr must be positive and finite, got {lr}")
         if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise ValueError(f"model.weight_decay must be 0 or more and finite, got {weight_decay}")
+            raise BadInput(f"model.weight_decay must be 0 or more and finite, got {weight_decay}")
         if not 0 <= momentum < 1:
-            raise ValueError(f"model.momentum must be in [0, 1), got {momentum}")
+            raise BadInput(f"model.momentum must be in [0, 1), got {momentum}")
         if not (gamma > 0 and math.isfinite(gamma)):
-            raise ValueError(f"model.gamma must be positive and finite, got {gamma}")
+            raise BadInput(f"model.gamma must be positive and finite, got {gamma}")
         if not (warmup_until_error >= 0 and math.isfinite(warmup_until_error)):
-            raise ValueError(f"model.warmup_until_error is a training error, 0 or more, got {warmup_until_error}")
+            raise BadInput(f"model.warmup_until_error is a training error, 0 or more, got {warmup_until_error}")
         if step_size <= 0 or any(m <= 0 for m in self.milestones):
-            raise ValueError(f"model.step_size and model.milestones must be positive, got {step_size}, {milestones}")
+            raise BadInput(f"model.step_size and model.milestones must be positive, got {step_size}, {milestones}")
         if warmup_lr is not None and (not (warmup_lr > 0 and math.isfinite(warmup_lr)) or schedule == "onecycle"):
-            raise ValueError(f"model.warmup_lr must be positive and not combined with onecycle, got {warmup_lr}")
+            raise BadInput(f"model.warmup_lr must be positive and not combined with onecycle, got {warmup_lr}")
         if not 0 <= label_smoothing < 1:
-            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise BadInput(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(f"model.ema_decay must be in (0, 1), got {ema_decay}")
+            raise BadInput(f"model.ema_decay must be in (0, 1), got {ema_decay}")
         if warmup_steps < 0 or (warmup_steps and schedule == "onecycle"):
-            raise ValueError(f"model.warmup_steps must be 0 or more and not combined with onecycle, got {warmup_steps}")
+            raise BadInput(f"model.warmup_steps must be 0 or more and not combined with onecycle, got {warmup_steps}")
         self.save_hyperparameters()
         self.net = build(
             arch,
@@ -149,10 +159,13 @@ class ResNetClassifier(LightningModule):
         # Lets the model summary print every layer's input and output shape (the shape walk).
         self.example_input_array = torch.zeros(2, in_channels, image_size, image_size)
 
-        # validate_args=False: the checks of the inputs read them on the host, a GPU stall every step.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # The evaluation losses as metrics too: summed with their image counts over every process
+        # under DDP, so they are the mean over every image, exactly as on one process.
+        # nan_strategy "disable": its NaN check would read every batch's loss on the host.
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run remembers it
 
@@ -176,10 +189,11 @@ class ResNetClassifier(LightningModule):
             torch.compiler.cudagraph_mark_step_begin()  # a new training step: earlier graph outputs are done
         logits = self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
-        # Log the batch's accuracy (what the metric's forward returns), not the Metric object:
-        # that made Lightning's step cost more than 3% over a hand-written loop's
-        # (docs/performance.md, benchmarks/framework.py).
-        self.train_acc_batch = self.train_acc(logits, targets)
+        # The batch's accuracy as one device tensor: not a logged Metric object (Lightning's bookkeeping
+        # for one cost more than 3% of a step, docs/performance.md) and not torchmetrics' forward, whose
+        # input checks read values on the host and whose division makes a tensor from host data in
+        # some versions (1.7): either is a GPU stall every step.
+        self.train_acc_batch = (logits.detach().argmax(dim=1) == targets).float().mean()
         # Not prog_bar=True: Lightning reads every progress-bar value on the host after every
         # batch, a GPU stall each step (Lightning issue #21232). The bar shows these values as
         # they are logged, every `log_every_n_steps` (resnet_lit.callbacks.LoggedValuesProgressBar).
@@ -188,32 +202,33 @@ class ResNetClassifier(LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._eval_step(batch, "val", self.val_acc)
+        return self._eval_step(batch, "val", self.val_acc, self.val_loss)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._eval_step(batch, "test", self.test_acc)
+        return self._eval_step(batch, "test", self.test_acc, self.test_loss)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         images, targets = batch
         confidence, predicted = self._probabilities(images).max(dim=1)
         return {"predicted": predicted, "confidence": confidence, "target": targets}
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> Tensor:
+    def _eval_step(
+        self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy, mean_loss: MeanMetric
+    ) -> Tensor:
         """Loss and accuracy of a batch; returns the logits, which callbacks (resnet_lit.insight) read."""
         images, targets = batch
         # With tta, the log of the averaged probabilities: logits of that average (softmax gives it back).
         logits = self._probabilities(images).log() if self.hparams.tta else self(images)
-        loss = F.cross_entropy(logits, targets)
+        mean_loss.update(F.cross_entropy(logits, targets), weight=len(targets))
         accuracy(logits, targets)
-        # sync_dist: under DDP the mean over every process's batches, as the accuracy's counts are summed.
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/loss", mean_loss, prog_bar=True)
         self.log(f"{stage}/acc", accuracy, prog_bar=True)
         return logits
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         # Fused: the whole update in a few kernels, and it can skip a step on the device
-        # (`found_inf`, which resnet_lit.guards.StopOnNonFiniteLoss sets) without a host sync.
+        # (`found_inf`, which resnet_lit.callbacks.StopOnNonFiniteLoss sets) without a host sync.
         fused = _fused_supported(self.parameters())
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(
@@ -237,7 +252,7 @@ class ResNetClassifier(LightningModule):
         if hp.schedule in ("cosine", "onecycle"):
             total = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
             if total is None or total <= 0 or math.isinf(total):
-                raise ValueError(f"schedule {hp.schedule!r} needs a finite trainer.max_epochs or trainer.max_steps")
+                raise BadInput(f"schedule {hp.schedule!r} needs a finite trainer.max_epochs or trainer.max_steps")
         if hp.schedule == "onecycle":
             return OneCycleLR(optimizer, max_lr=hp.lr, total_steps=int(total))
         warmup_factor = hp.warmup_lr / hp.lr if hp.warmup_lr is not None else None
@@ -247,7 +262,7 @@ class ResNetClassifier(LightningModule):
     def configure_model(self) -> None:
         # Lightning calls this before every fit/validate/test/predict, before the move to the device.
         for net in (self.net, self.ema_net):
-            if self.hparams.compile and net is not None and not getattr(net, "_compiled_call_impl", None):
+            if self.hparams.compile and net is not None and not compat.is_compiled(net):
                 # nn.Module.compile compiles the module in place, so its state_dict keys stay as they are
                 # (torch.compile(net) would wrap it and prefix every key with "_orig_mod.").
                 # dynamic=False: one static graph per batch shape (training, evaluation, a last partial batch).
@@ -277,13 +292,34 @@ class ResNetClassifier(LightningModule):
         ema = [*self.ema_net.parameters(), *self.ema_net.buffers()]
         current = [*self.net.parameters(), *self.net.buffers()]
         floats = [(e, c) for e, c in zip(ema, current, strict=True) if e.is_floating_point()]
-        torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], 1 - decay)
+        get_ema_multi_avg_fn(decay)([e for e, _ in floats], [c for _, c in floats], None)  # one lerp kernel
         for e, c in zip(ema, current, strict=True):
             if not e.is_floating_point():
                 e.copy_(c)  # BatchNorm's num_batches_tracked
 
-    def on_train_epoch_end(self) -> None:
-        self.train_acc.reset()  # only its per-batch values are logged
+    def on_fit_start(self) -> None:
+        self._load_init_weights()
+
+    def on_validation_start(self) -> None:
+        if not self.trainer.training and self.trainer.state.fn != "fit":
+            self._load_init_weights()  # validate --ckpt_path untrained --model.init_weights X
+
+    def on_test_start(self) -> None:
+        self._load_init_weights()
+
+    def on_predict_start(self) -> None:
+        self._load_init_weights()
+
+    def _load_init_weights(self) -> None:
+        """`init_weights`, once, where no checkpoint gives the weights (a new fit, or an untrained evaluation)."""
+        hp = self.hparams
+        if hp.init_weights is None or self.trainer.ckpt_path is not None or getattr(self, "_initialised", False):
+            return
+        for line in load_init_weights(self.net, hp.init_weights, hp.arch, hp.stride_in_1x1):
+            self.print(line)
+        if self.ema_net is not None:
+            self.ema_net.load_state_dict(self.net.state_dict())  # the average starts from them too
+        self._initialised = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The run's length: a resumed run keeps it where the schedule depends on it (resnet_lit.resume).

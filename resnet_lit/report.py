@@ -14,6 +14,7 @@ residual nets right (He et al. 2016, Fig. 6). The table is printed as Markdown (
 
 import argparse
 import re
+import statistics
 import sys
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from resnet_lit.errors import BadInput, say_refusal
+from resnet_lit.runs import version_number
 
 # He et al. 2016, Table 6: CIFAR-10 test error (%) of the residual nets. ResNet-110 is the best
 # of 5 runs (their mean: 6.61 ± 0.16). Table 6 lists no plain nets.
@@ -39,7 +43,7 @@ INSTALL_PLOT = 'the figure needs matplotlib: pip install "resnet-lit[plot]" (or 
 Curve = list[tuple[int, float]]
 
 
-class ReportError(ValueError):
+class ReportError(BadInput):
     """A RUN_DIR that holds no run this report can read."""
 
 
@@ -82,16 +86,25 @@ class Run:
 # --- reading the logs -----------------------------------------------------------------------------
 
 
-def read_scalars(folder: Path) -> dict[str, Curve]:
-    """Every scalar tag of the event files in `folder`, merged in the order they were written."""
+def read_event_file(events: Path) -> dict[str, Curve]:
+    """Every scalar tag of one TensorBoard event file, as (step, value) points in step order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: sorted((e.step, e.value) for e in accumulator.Scalars(tag)) for tag in accumulator.Tags()["scalars"]}
+
+
+def event_files(folder: Path) -> list[Path]:
+    """A run folder's event files, in the order they were written."""
+    return sorted(Path(folder).glob("events.out.tfevents.*"), key=_written_at)
+
+
+def read_scalars(folder: Path) -> dict[str, Curve]:
+    """Every scalar tag of the event files in `folder`, merged in the order they were written."""
     merged: dict[str, Curve] = {}
-    for events in sorted(folder.glob("events.out.tfevents.*"), key=_written_at):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            points = sorted((e.step, e.value) for e in accumulator.Scalars(tag))
+    for events in event_files(folder):
+        for tag, points in read_event_file(events).items():
             if not points:
                 continue
             first = points[0][0]  # a resumed run logs again from here: the older file's rest is stale
@@ -102,12 +115,6 @@ def read_scalars(folder: Path) -> dict[str, Curve]:
 def _written_at(events: Path) -> list[int | str]:
     """events.out.tfevents.<unix time>.<host>.<pid>.<n>: the time first, numbers compared as numbers."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", events.name)]
-
-
-def version_number(folder: Path) -> int:
-    """N of a version_N folder; -1 for any other name."""
-    match = re.fullmatch(r"version_(\d+)", folder.name)
-    return int(match.group(1)) if match else -1
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -222,9 +229,9 @@ def _unique_names(runs: list[Run]) -> list[Run]:
 
 def count_params(hparams: dict[str, Any]) -> int:
     """Parameters of the run's network, built from its hyperparameters (as the checkpoint would be)."""
-    from resnet_lit.models import build
+    from resnet_lit.models import NETWORK_KEYS, build
 
-    options = {key: hparams.get(key) for key in ("shortcut", "stem", "stride_in_1x1", "zero_init_residual")}
+    options = {key: hparams.get(key) for key in NETWORK_KEYS[3:]}  # after arch, in_channels, num_classes
     net = build(
         hparams["arch"],
         in_channels=int(hparams.get("in_channels", 1)),
@@ -283,7 +290,33 @@ def _pct(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else "—"
 
 
+SEED_SUFFIX = re.compile(r"(.+)-s(\d+)$")  # the sweep's run names with --seeds: r20-s0, r20-s1, ...
+PERCENT_COLUMNS = ("train error (%)", "best val error (%)", "final val error (%)", "test error (%)")
+
+
+def seed_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """One row per run name (less its `-s<seed>` suffix) with two or more seeds: mean ± std of each error."""
+    groups: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        match = SEED_SUFFIX.fullmatch(row["run"])
+        if match:
+            groups.setdefault(match.group(1), []).append(row)
+    out = []
+    for name, group in groups.items():
+        if len(group) < 2:
+            continue
+        row = {**group[0], "run": f"{name} ({len(group)} seeds)", "tested": "—"}
+        for column in PERCENT_COLUMNS:
+            values = [float(r[column]) for r in group if r[column] != "—"]
+            if len(values) == len(group):
+                mean = statistics.mean(values)
+                row[column] = f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+        out.append(row)
+    return out
+
+
 def markdown(rows: list[dict[str, str]], smooth: int = SMOOTH_ITERATIONS) -> str:
+    rows = [*rows, *seed_rows(rows)]
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row[key] for key in header) + " |" for row in rows]
@@ -294,6 +327,7 @@ def markdown(rows: list[dict[str, str]], smooth: int = SMOOTH_ITERATIONS) -> str
         "- val error: `val/acc` on the held-out split after each epoch; best and last.",
         "- test error: `test/acc` logged in the run's folder, else in the newest sibling `version_*` whose "
         "config.yaml `ckpt_path` is one of this run's checkpoints; `tested` names that checkpoint.",
+        "- N seeds: the runs of one config with different seeds (`sweep --seeds`): mean ± standard deviation.",
         "- paper: He et al. 2016, Table 6, CIFAR-10 test error (ResNet-110: best of 5 runs, mean 6.61 ± 0.16); "
         "Table 6 lists no plain nets. Only comparable for runs on CIFAR-10 with the full schedule.",
     ]
@@ -385,11 +419,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.smooth < 1:
-        return _fail(f"--smooth must be 1 or more iterations, got {args.smooth}")
+        return say_refusal(f"--smooth must be 1 or more iterations, got {args.smooth}")
     try:
         runs = load_runs(args.run_dirs)
     except ReportError as err:
-        return _fail(str(err))
+        return say_refusal(str(err))
     table = markdown(table_rows(runs, args.smooth), args.smooth)
     print(table, end="")
     if args.table:
@@ -399,15 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return _fail(INSTALL_PLOT, code=1)
+            return say_refusal(INSTALL_PLOT, code=1)
         plot(runs, args.out, args.smooth, args.ymax)
         print(f"figure: {args.out}")
     return 0
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":

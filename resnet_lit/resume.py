@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from resnet_lit.checkpointing import CheckpointError, load_checkpoint
+from resnet_lit.errors import BadInput
+from resnet_lit.models import NETWORK_KEYS
 
-# Hyperparameters that decide the network's function: a checkpoint only loads into a net that agrees.
-NETWORK_KEYS = ("arch", "in_channels", "num_classes", "shortcut", "stem", "stride_in_1x1")
 # Hyperparameters of how the run trains: a resumed run keeps its checkpoint's.
 TRAINING_KEYS = (
     "optimizer",
@@ -47,7 +47,7 @@ LENGTH_SCHEDULES = ("cosine", "onecycle")
 DATA_CLASSES = ("FashionMNISTDataModule", "CIFAR10DataModule")
 
 
-class ResumeError(ValueError):
+class ResumeError(BadInput):
     """A checkpoint that cannot be used as asked, or a resumed run that would change what it trains."""
 
 

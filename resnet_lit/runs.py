@@ -8,7 +8,9 @@ one caller win; the loser takes the next number.
 
 import contextlib
 import re
+from argparse import Namespace
 from pathlib import Path
+from typing import Any
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -65,7 +67,36 @@ class ExclusiveTensorBoardLogger(TensorBoardLogger):
     Lightning's logger has it; then the folder is claimed with `claim_version`, and the version is
     the one claimed. Under DDP only the process of rank 0 claims; the others learn the folder from
     it, as with Lightning's own logger.
+
+    The HPARAMS tab: a training run's row shows its hyperparameters against the `hp_metric` it
+    logs itself (the best val/acc), with no placeholder value at step 0 (Lightning logs -1 there);
+    an evaluation run (`hparams_tab=False`) adds no row. LightningCLI's bookkeeping entries
+    (`_class_path`, `_instantiator`) are not hyperparameters and are left out.
+
+    Args:
+        hparams_tab: give the run a row in TensorBoard's HPARAMS tab.
     """
+
+    def __init__(self, *args: Any, hparams_tab: bool = True, **kwargs: Any) -> None:
+        kwargs["default_hp_metric"] = False  # no -1 placeholder: the tab's values are the run's own hp_metric
+        super().__init__(*args, **kwargs)
+        self.hparams_tab = hparams_tab
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, metrics: dict[str, Any] | None = None, step: int | None = None) -> None:
+        params = vars(params) if isinstance(params, Namespace) else dict(params)
+        params = {key: value for key, value in params.items() if not str(key).startswith("_")}
+        super().log_hyperparams(params, metrics, step)  # hparams.yaml; no tab row without metrics
+        if self.hparams_tab and metrics is None:
+            from torch.utils.tensorboard.summary import hparams
+
+            # Names hp_metric as the tab's metric; its values are the run's own hp_metric scalars.
+            shown = {
+                key: value if isinstance(value, bool | int | float | str) else str(value)
+                for key, value in params.items()
+            }
+            for summary in hparams(shown, {"hp_metric": 0.0}):
+                self.experiment.file_writer.add_summary(summary)
 
     @property
     def version(self) -> int | str:

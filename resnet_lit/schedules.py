@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from resnet_lit.errors import BadInput
+
 Kind = Literal["multistep", "step", "cosine", "constant"]
 
 
@@ -43,7 +45,7 @@ class Schedule:
         ramp: int = 0,
     ) -> None:
         if kind == "cosine" and not total:
-            raise ValueError("a cosine schedule needs the length of training (max_steps or max_epochs)")
+            raise BadInput("a cosine schedule needs the length of training (max_steps or max_epochs)")
         self.kind = kind
         self.milestones = sorted(milestones or [])
         self.gamma = gamma
@@ -78,7 +80,6 @@ def end_warmup(scheduler: LambdaLR) -> None:
     factors = [schedule(scheduler.last_epoch) for schedule in scheduler.lr_lambdas]
     for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, factors, strict=True):
         group["lr"] = base_lr * factor
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 def warming_up(scheduler: torch.optim.lr_scheduler.LRScheduler) -> bool:

@@ -8,6 +8,8 @@ Each config runs in its own process, in `<root>/<config name>/` (default root: r
 checkpoint, with their output in fit.log and test.log there. Any other argument is passed to
 every fit and test (`--trainer.max_epochs 3`, `--data.data_dir X`).
 
+- `--seeds 0 1 2` runs every config once per seed, in `<name>-s<seed>/` with `--seed_everything`;
+  the report's table then adds a row per config with the mean ± standard deviation over its seeds.
 - `--jobs N` runs up to N configs at once, each in its own processes. With G GPUs, the runs are
   spread over them (`CUDA_VISIBLE_DEVICES`, in turn; several may share one); on a CPU, each of
   the N gets its share of the cores (`OMP_NUM_THREADS`). The terminal gets one line per run per
@@ -37,12 +39,15 @@ from pathlib import Path
 import torch
 
 from resnet_lit import report
+from resnet_lit.errors import say_refusal
+from resnet_lit.runs import version_number
 
 # In each run's folder: the arguments it was started with, then a marker per finished stage.
 SETTINGS = "sweep.json"
 FIT_DONE = "fit.json"  # the fit finished; the test had not (yet)
 DONE = "done"  # fit and test finished: timings, commands, the fit's log folder and best checkpoint
 RESERVED = ("--trainer.default_root_dir", "--ckpt_path", "--config", "-c")  # the sweep sets these per run
+SEEDED = ("--seed_everything",)  # set per run with --seeds
 
 
 @dataclass
@@ -52,6 +57,11 @@ class Job:
     config: Path
     folder: Path
     env: dict[str, str] = field(default_factory=dict)
+    seed: int | None = None
+
+    def args(self, extra: list[str]) -> list[str]:
+        """The arguments every process of this job gets after its config: the seed, then the sweep's."""
+        return [*([f"--seed_everything={self.seed}"] if self.seed is not None else []), *extra]
 
     @property
     def name(self) -> str:
@@ -62,18 +72,30 @@ class RunFailed(Exception):
     """A run's fit or test failed; the message says which and where its log is."""
 
 
-def jobs_for(configs: list[Path], root: Path) -> list[Job]:
-    """One folder per config, named after the file; its parent folder's name is added where names clash."""
+def jobs_for(configs: list[Path], root: Path, seeds: list[int] | None = None) -> list[Job]:
+    """One folder per config (and seed), named after the file; its parent folder's name is added where names clash.
+
+    With `seeds`, every config runs once per seed, in `<name>-s<seed>` with `--seed_everything <seed>`.
+    """
     stems = [config.stem for config in configs]
     names = [f"{c.parent.name}-{c.stem}" if stems.count(c.stem) > 1 else c.stem for c in configs]
     clashes = {name for name in names if names.count(name) > 1}
     if clashes:
         raise ValueError(f"configs given twice (or with the same folder and file names): {', '.join(sorted(clashes))}")
-    return [Job(config, root / name) for config, name in zip(configs, names, strict=True)]
+    if seeds is None:
+        return [Job(config, root / name) for config, name in zip(configs, names, strict=True)]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds given twice: {seeds}")
+    return [
+        Job(config, root / f"{name}-s{seed}", seed=seed)
+        for config, name in zip(configs, names, strict=True)
+        for seed in seeds
+    ]
 
 
 def run_job(job: Job, extra: list[str], python: list[str]) -> dict:
     """Fit and test one config, unless its `done` marker says it already ran; returns the marker."""
+    extra = job.args(extra)
     args = [str(job.config), *extra]
     settings, marker, fit_marker = job.folder / SETTINGS, job.folder / DONE, job.folder / FIT_DONE
     recorded = _read_json(settings).get("args") if settings.is_file() else None
@@ -189,7 +211,7 @@ def _last_line(log: Path) -> str:
 def _last_checkpoint(folder: Path) -> Path | None:
     """The newest run's last.ckpt under folder/lightning_logs/version_*/checkpoints/."""
     found = folder.glob("lightning_logs/version_*/checkpoints/last.ckpt")
-    return max(found, key=lambda last: report.version_number(last.parents[1]), default=None)
+    return max(found, key=lambda last: version_number(last.parents[1]), default=None)
 
 
 def _best_checkpoint(last: Path) -> Path:
@@ -224,6 +246,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("configs", nargs="+", type=Path, metavar="CONFIG", help="YAML configs, e.g. configs/r20.yaml")
     parser.add_argument("--root", type=Path, default=Path("runs"), help="where the runs' folders go (default: runs)")
     parser.add_argument("--jobs", type=int, default=1, help="how many configs run at once (default: 1)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="run every config once per seed, in <name>-s<seed>/ (the report adds mean ± std rows)",
+    )
     parser.add_argument("--report", type=Path, metavar="FILE.png", help="draw the report's figure here at the end")
     parser.add_argument("--table", type=Path, metavar="FILE.md", help="write the report's table here at the end")
     return parser.parse_known_args(argv)
@@ -234,21 +263,21 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
     python = python or [sys.executable, "-m", "resnet_lit"]
     for config in args.configs:
         if config.suffix not in (".yaml", ".yml") or not config.is_file():
-            return _fail(
+            return say_refusal(
                 f"config {str(config)!r} is not a YAML file; give the configs first, then the sweep's "
                 "options and the arguments for every run (e.g. configs/r20.yaml --trainer.max_epochs 3)"
             )
     if args.jobs < 1:
-        return _fail(f"--jobs must be 1 or more, got {args.jobs}")
-    reserved = [arg for arg in extra if arg.split("=", 1)[0] in RESERVED]
+        return say_refusal(f"--jobs must be 1 or more, got {args.jobs}")
+    reserved = [arg for arg in extra if arg.split("=", 1)[0] in RESERVED + (SEEDED if args.seeds else ())]
     if reserved:
-        return _fail(
+        return say_refusal(
             f"{reserved[0].split('=', 1)[0]} is set by the sweep for each run; use --root to choose where runs go"
         )
     try:
-        jobs = jobs_for(args.configs, args.root)
+        jobs = jobs_for(args.configs, args.root, args.seeds)
     except ValueError as err:
-        return _fail(str(err))
+        return say_refusal(str(err))
 
     assign_devices(jobs, args.jobs)
     results: dict[int, Path | str] = {}
@@ -317,11 +346,6 @@ def _forward_signals():
             signal.signal(sig, handler)
 
     return restore
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from resnet_lit import report
 from resnet_lit.checkpointing import load_checkpoint
 from resnet_lit.cli import main
 
@@ -46,19 +47,15 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 
 
 def logged_steps(events_file: Path, tag: str = "train/loss") -> list[int]:
-    acc = EventAccumulator(str(events_file), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [event.step for event in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    return [step for step, _ in report.read_event_file(events_file).get(tag, [])]
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar tag of a run's TensorBoard event files, as (step, value) lists."""
+    """Every scalar tag of a run's TensorBoard event files, as (step, value) lists, file after file (not merged)."""
     out: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(Path(run_dir).glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    for events in report.event_files(Path(run_dir)):
+        for tag, points in report.read_event_file(events).items():
+            out.setdefault(tag, []).extend(points)
     return out
 
 
@@ -83,3 +80,18 @@ def has_graph(run_dir: Path) -> bool:
         if acc.Tags()["graph"]:
             return True
     return False
+
+
+def hparams_plugin(run_dir: Path) -> bytes:
+    """What a run wrote for TensorBoard's HPARAMS tab (the experiment and session start), b"" if nothing."""
+    out = b""
+    for events in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        try:
+            contents = acc.PluginTagToContent("hparams")
+        except KeyError:  # no HPARAMS data in this file
+            continue
+        for content in contents.values():
+            out += content
+    return out

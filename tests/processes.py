@@ -1,5 +1,6 @@
 """`python -m resnet_lit` as a subprocess, as users and schedulers run it, and a callback that signals it."""
 
+import json
 import os
 import signal
 import subprocess
@@ -56,3 +57,13 @@ class SignalAtBatch(Callback):
         os.kill(os.getpid(), getattr(signal, self.signal_name))
 
     on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _signal
+
+
+class RecordMetrics(Callback):
+    """Writes each process's `val/loss` and `val/acc` after every validation to `metrics_rank<R>.json`."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: trainer.callback_metrics[k].item() for k in ("val/loss", "val/acc")}
+        Path(f"metrics_rank{trainer.global_rank}.json").write_text(json.dumps(metrics))

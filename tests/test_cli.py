@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import scalars
+from helpers import hparams_plugin, scalars
 
 from resnet_lit.cli import ResNetCLI, main
 from resnet_lit.data import FashionMNISTDataModule
@@ -29,9 +29,13 @@ def test_fit_writes_checkpoints_config_and_tensorboard_tags(in_tmp, data_args):
     for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "hp_metric"):
         assert tag in tags, tag
     assert len(tags["val/acc"]) == 2
-    # hp_metric (the hparams view's metric) is the best val/acc so far.
+    # hp_metric (the hparams view's metric) is the best val/acc so far, from the first validation on:
+    # no placeholder at step 0 (Lightning's -1).
     best = max(v for _, v in tags["val/acc"])
     assert tags["hp_metric"][-1][1] == pytest.approx(best)
+    assert [step for step, _ in tags["hp_metric"]] == [step for step, _ in tags["val/acc"]]
+    tab = hparams_plugin(run)
+    assert b"hp_metric" in tab and b"arch" in tab and b"_instantiator" not in tab and b"_class_path" not in tab
     assert cli.model.hparams.in_channels == 1 and cli.model.hparams.num_classes == 10  # linked from the data
 
 
@@ -50,6 +54,9 @@ def test_test_with_only_a_checkpoint_rebuilds_model_and_preprocessing(in_tmp, da
 
     validated = ResNetCLI(args=["validate", f"--ckpt_path={ckpt}", *FAST])
     assert "val/acc" in validated.trainer.callback_metrics
+    # Evaluations add no row to TensorBoard's HPARAMS tab (they would show hp_metric -1).
+    for version in ("version_1", "version_2", "version_3"):
+        assert hparams_plugin(in_tmp / "lightning_logs" / version) == b""
 
 
 def test_an_explicit_setting_that_contradicts_the_checkpoint_is_refused(in_tmp, data_args, capsys):
@@ -173,3 +180,25 @@ def test_argument_errors_name_the_option_in_one_line(in_tmp, capsys, args, expec
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {expected}")
+
+
+def test_fit_says_where_its_results_are_and_no_notice_a_user_learns_to_ignore(
+    in_tmp, data_args, capsys, caplog, recwarn
+):
+    main(["fit", "--model.arch=resnet8", "--trainer.max_epochs=1", *FAST, *data_args])
+    out, err = capsys.readouterr()
+    said = out + err + caplog.text
+    best = next((in_tmp / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
+    last_line = out.strip().splitlines()[-1]
+    assert last_line.startswith("fit: done; run folder lightning_logs/version_0; best checkpoint ")
+    assert f"next: python -m resnet_lit test --ckpt_path lightning_logs/version_0/checkpoints/{best.name}" in last_line
+    for noise in ("Skipping setting a default `ModelSummary`", "💡", "GPU available: False", "TPU available"):
+        assert noise not in said, noise
+    deprecations = [str(w.message) for w in recwarn if "deprecat" in str(w.message).lower()]
+    assert not [d for d in deprecations if "jsonargparse" in d.lower() or "skip_none" in d or "instantiat" in d]
+
+
+def test_predict_says_where_it_wrote(in_tmp, data_args, capsys):
+    fit(data_args)
+    main(["predict", "--ckpt_path=last", "--predictions.path=p.csv", *FAST])
+    assert "predict: 200 predictions written to p.csv" in capsys.readouterr().out

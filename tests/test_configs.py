@@ -31,6 +31,17 @@ def test_config_instantiates(config, in_tmp, fashion_root, monkeypatch):
     kind = "plain" if config.stem.startswith("plain") else "resnet"
     assert hp.arch == f"{kind}{depth}"
     assert (hp.in_channels, hp.num_classes) == (1, 10)
+    if config.parent.name == "finetune":  # from ImageNet weights, on resized images
+        assert hp.init_weights == "ResNet18_Weights.IMAGENET1K_V1" and hp.stem == "imagenet"
+        assert cli.datamodule.hparams.resize == 64 and hp.lr == 0.01
+        return
+    if config.parent.name == "best":  # the long recipe: Random Erasing, label smoothing, weight average
+        assert (hp.label_smoothing, hp.ema_decay, cli.datamodule.hparams.erasing) == (0.1, 0.999, 0.5)
+        assert cli.trainer.max_epochs == 200 and hp.schedule == "cosine"
+        return
+    if config.parent.name == "quick":  # minutes on a CPU: a short one-cycle run, not the paper's schedule
+        assert (hp.schedule, hp.lr, hp.label_smoothing) == ("onecycle", 0.2, 0.1) and cli.trainer.max_epochs == 4
+        return
     if config.parent.name == "gpu":  # four times the batch, the learning rate scaled with it
         assert cli.datamodule.hparams.batch_size == 512 and hp.lr == 0.4 and hp.warmup_steps > 0
         assert cli.trainer.precision == "bf16-mixed" and hp.compile and hp.compile_mode == "reduce-overhead"

@@ -5,6 +5,7 @@ the runs here are subprocesses. The evaluation sets have odd sizes, so a sampler
 to a multiple of two processes would count an image twice.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,10 @@ def run(args: list[str], cwd: Path) -> str:
 def test_ddp_on_two_processes_counts_every_evaluation_image_once(tmp_path):
     root = write_fashion_mnist(tmp_path / "data", n_train=600, n_test=201)  # 201 and 101: odd on purpose
     data = [f"--data.data_dir={root}", "--data.download=false", "--data.val_size=101", "--data.batch_size=50"]
-    run(["fit", "--model.arch=resnet8", "--trainer.max_epochs=1", *DDP, *QUIET, *data], cwd=tmp_path)
+    record = ["--trainer.callbacks+=processes.RecordMetrics"]
+    run(["fit", "--model.arch=resnet8", "--trainer.max_epochs=1", *DDP, *QUIET, *data, *record], cwd=tmp_path)
+    ranks = [json.loads((tmp_path / f"metrics_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # every process has the same val/loss and val/acc: synced, not its own share
     logs = tmp_path / "lightning_logs"
     ckpt = logs / "version_0/checkpoints/last.ckpt"
     assert ckpt.is_file()
@@ -43,6 +47,8 @@ def test_ddp_on_two_processes_counts_every_evaluation_image_once(tmp_path):
     assert ddp_acc == single_acc
     assert (ddp_acc * 201) == pytest.approx(round(ddp_acc * 201), abs=1e-4)  # a count out of 201, not 202
 
-    # The validation during the two-process fit saw each of the 101 images once, too.
+    # The validation during the two-process fit saw each of the 101 images once, too: its accuracy
+    # and its loss (the mean over every image) are the single process's.
     run(["validate", f"--ckpt_path={ckpt}", *QUIET], cwd=tmp_path)  # version_3, one process
     assert logged(logs / "version_0", "val/acc") == logged(logs / "version_3", "val/acc")
+    assert ranks[0]["val/loss"] == pytest.approx(logged(logs / "version_3", "val/loss"), rel=1e-5)

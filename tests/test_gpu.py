@@ -8,8 +8,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from resnet_lit.batches import DeviceBatches
 from resnet_lit.cli import ResNetCLI
-from resnet_lit.device_data import DeviceBatches
 
 pytestmark = [
     pytest.mark.gpu,

@@ -186,6 +186,7 @@ def test_the_shape_walk_command_prints_table_1(capsys):
     main(["resnet50", "--in-channels", "3", "--num-classes", "1000", "--size", "224"])
     out = capsys.readouterr().out
     assert "25,557,032 parameters" in out
-    assert "layer4   (1, 2048, 7, 7)" in out
+    assert re.search(r"layer4 +\(1, 1024, 14, 14\) +\(1, 2048, 7, 7\)", out)  # input, then output
+    assert re.search(r"conv1 +\(1, 3, 224, 224\) +\(1, 64, 112, 112\)", out)
     with pytest.raises(SystemExit, match="6n\\+2"):
         main(["resnet21"])

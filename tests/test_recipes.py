@@ -35,7 +35,7 @@ def test_label_smoothing_is_in_the_training_loss_only():
     assert loss != pytest.approx(F.cross_entropy(logits, targets).item())
     model.eval()
     with torch.no_grad():
-        assert model._eval_step((images, targets), "val", model.val_acc).shape == (8, 10)
+        assert model._eval_step((images, targets), "val", model.val_acc, model.val_loss).shape == (8, 10)
 
 
 def test_random_erasing_fills_one_rectangle_per_chosen_image_with_the_mean():

@@ -26,7 +26,8 @@ from torchvision.datasets import FashionMNIST
 
 from resnet_lit.checkpointing import CheckpointError, SafeCheckpointIO, load_checkpoint
 from resnet_lit.cli import ResNetCLI, main
-from resnet_lit.guards import NonFiniteLossError
+from resnet_lit.errors import NonFiniteLossError
+from resnet_lit.module import ResNetClassifier
 
 FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
 # Two epochs of 10 steps; the cosine schedule changes the lr every step, so its state must resume too.
@@ -517,7 +518,7 @@ def test_predict_reads_every_image_mode_as_the_grey_levels_it_shows(trained, tmp
 UNREADABLE = {
     "a colour palette": (lambda: Image.new("P", (28, 28), 1), "is 28x28 with 3 channel(s)"),
     "transparent pixels": (lambda: Image.new("LA", (28, 28), (128, 0)), "has transparent pixels"),
-    "16-bit pixels": (lambda: Image.new("I;16", (28, 28), 1000), "holds I;16 pixels"),
+    "16-bit pixels": (lambda: Image.new("I;16", (28, 28), 1000), "pixels (16-bit, 32-bit or float)"),
 }
 
 
@@ -596,3 +597,13 @@ def test_a_signal_during_test_or_predict_stops_it_and_leaves_no_half_file(
     assert process.returncode == status, output
     assert "Traceback" not in output
     assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob(".*.partial"))
+
+
+def test_a_bug_is_a_traceback_not_a_refusal(in_tmp, fashion_root, monkeypatch):
+    # A ValueError from deep in a library is not the user's mistake: no one-line "bad input", exit 2.
+    def broken(self, batch, batch_idx):
+        raise ValueError("an internal error, not bad input")
+
+    monkeypatch.setattr(ResNetClassifier, "training_step", broken)
+    with pytest.raises(ValueError, match="an internal error"):
+        main(["fit", "--model.arch=resnet8", "--trainer.max_epochs=1", *FAST, *data_flags(fashion_root)])

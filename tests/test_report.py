@@ -229,3 +229,15 @@ def test_python_m_resnet_lit_report(two_runs, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "| resnet8 | Fashion-MNIST | resnet8 | 8 |" in done.stdout
     assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_runs_of_one_config_with_several_seeds_get_a_mean_and_std_row():
+    def row(run, test):
+        return {"run": run, "arch": "resnet20", "train error (%)": "10.00", "best val error (%)": "9.00",
+                "final val error (%)": "9.50", "test error (%)": test, "tested": "x.ckpt"}  # fmt: skip
+
+    rows = [row("r20-s0", "8.00"), row("r20-s1", "10.00"), row("r56-s0", "7.00")]
+    (merged,) = report.seed_rows(rows)
+    assert merged["run"] == "r20 (2 seeds)"
+    assert merged["test error (%)"] == "9.00 ± 1.41" and merged["train error (%)"] == "10.00 ± 0.00"
+    assert "| r20 (2 seeds) |" in report.markdown(rows)

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from resnet_lit import FashionMNISTDataModule, ResNetClassifier
+from resnet_lit.batches import DeviceBatches
 from resnet_lit.cli import ResNetCLI
-from resnet_lit.device_data import DeviceBatches
 
 # 10 epochs of 10 steps (500 images, batch 50, cosine decay): ResNet-8 ends at 1.0 val/acc on the
 # stand-in with seeds 0, 1 and 2 alike, and so do bf16-mixed and channels_last (seed 0).

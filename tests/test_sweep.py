@@ -39,6 +39,14 @@ def test_runs_are_named_after_their_configs_with_the_folder_where_names_clash(tm
         sweep.jobs_for([Path("configs/r20.yaml"), Path("configs/r20.yaml")], tmp_path)
 
 
+def test_seeds_give_each_config_a_folder_and_a_seed_per_seed(tmp_path):
+    jobs = sweep.jobs_for([Path("configs/r20.yaml"), Path("configs/r56.yaml")], tmp_path, seeds=[0, 1])
+    assert [job.folder.name for job in jobs] == ["r20-s0", "r20-s1", "r56-s0", "r56-s1"]
+    assert jobs[1].args(["--trainer.max_epochs=3"]) == ["--seed_everything=1", "--trainer.max_epochs=3"]
+    with pytest.raises(ValueError, match="given twice"):
+        sweep.jobs_for([Path("configs/r20.yaml")], tmp_path, seeds=[0, 0])
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

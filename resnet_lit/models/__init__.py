@@ -16,6 +16,7 @@ from functools import partial
 
 from torch import nn
 
+from resnet_lit.errors import BadInput
 from resnet_lit.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -28,6 +29,7 @@ from resnet_lit.models.resnet import (
 
 __all__ = [
     "ARCHS",
+    "NETWORK_KEYS",
     "BasicBlock",
     "Bottleneck",
     "PadShortcut",
@@ -36,6 +38,10 @@ __all__ = [
     "names",
     "stage_shapes",
 ]
+
+# The hyperparameters that decide a network's function (the name and `build`'s options that change
+# what it computes): a checkpoint's weights only mean what they meant where these agree.
+NETWORK_KEYS = ("arch", "in_channels", "num_classes", "shortcut", "stem", "stride_in_1x1")
 
 # Depth -> builder; the paper's Table 1 and the depths of its CIFAR-10 table (Table 6).
 IMAGENET_DEPTHS: dict[int, Callable[..., ResNet]] = {
@@ -75,14 +81,14 @@ def build(name: str, *, in_channels: int, num_classes: int, **options) -> nn.Mod
     """
     match = _NAME.fullmatch(name) if isinstance(name, str) else None
     if match is None:
-        raise ValueError(f"unknown architecture {name!r}; valid names: {names()}")
+        raise BadInput(f"unknown architecture {name!r}; valid names: {names()}")
     kind, depth = match.group(1), int(match.group(2))
     options = {key: value for key, value in options.items() if value is not None}
     options.update(in_channels=in_channels, num_classes=num_classes, residual=kind == "resnet")
     if depth in IMAGENET_DEPTHS:
         return IMAGENET_DEPTHS[depth](**options)
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(
+        raise BadInput(
             f"unknown depth {depth} in {name!r}: use 18/34/50/101/152 (Table 1) or 6n+2 (Sec. 4.2); "
             f"valid names: {names()}"
         )

@@ -1,4 +1,7 @@
-"""Print a net's parameter count and each stage's output shape (the check of the paper's Table 1).
+"""Print a net's parameter count and each stage's input and output shape (the check of the paper's Table 1).
+
+The same walk as the model summary at the start of `fit` (its "In sizes" and "Out sizes"), for
+any net and input size, without training.
 
 python -m resnet_lit.models resnet50 --in-channels 3 --num-classes 1000 --size 224
 """
@@ -30,8 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, RuntimeError) as err:
         sys.exit(f"error: {err}")
     print(f"{args.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
+    print(f"  {'stage':<8} {'input':<20} output")
+    previous = (1, args.in_channels, args.size, args.size)
     for stage, shape in shapes.items():
-        print(f"  {stage:<8} {tuple(shape)}")
+        # Each stage takes the previous one's output, except the classifier, which takes it flattened.
+        given = (previous[0], previous[1]) if stage == "fc" else previous
+        print(f"  {stage:<8} {tuple(given)!s:<20} {tuple(shape)}")
+        previous = tuple(shape)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnet_lit.errors import BadInput
+
 Shortcut = Literal["A", "B", "C"]
 Stem = Literal["imagenet", "small"]
 
@@ -186,13 +188,13 @@ class ResNet(nn.Module):
         super().__init__()
         _check_positive(in_channels=in_channels, num_classes=num_classes)
         if len(layers) != len(widths):
-            raise ValueError(f"got {len(layers)} stage depths but {len(widths)} widths")
+            raise BadInput(f"got {len(layers)} stage depths but {len(widths)} widths")
         if stem not in ("imagenet", "small"):
-            raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
+            raise BadInput(f"stem must be 'imagenet' or 'small', got {stem!r}")
         if shortcut not in ("A", "B", "C"):
-            raise ValueError(f"shortcut must be 'A', 'B' or 'C' (paper Sec. 3.3), got {shortcut!r}")
+            raise BadInput(f"shortcut must be 'A', 'B' or 'C' (paper Sec. 3.3), got {shortcut!r}")
         if zero_init_residual and not residual:
-            raise ValueError("zero_init_residual needs shortcuts: a plain net would output zeros")
+            raise BadInput("zero_init_residual needs shortcuts: a plain net would output zeros")
         self.block = block
         self.shortcut = shortcut
         self.residual = residual
@@ -291,7 +293,7 @@ def cifar_resnet(depth: int, **options) -> ResNet:
         **options: passed to `ResNet` (e.g. `shortcut`, `residual`, `in_channels`).
     """
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"a CIFAR-style net needs a depth of the form 6n+2 (8, 14, 20, ...), got {depth}")
+        raise BadInput(f"a CIFAR-style net needs a depth of the form 6n+2 (8, 14, 20, ...), got {depth}")
     n = (depth - 2) // 6
     options.setdefault("shortcut", "A")
     options.setdefault("stem", "small")
@@ -338,4 +340,4 @@ def stage_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tupl
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise BadInput(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,157 @@
+"""Every command in the README runs as written, in the order written, on the stand-in data.
+
+The commands are read from the README's code blocks. Each `python -m resnet_lit ...` runs
+in-process, in one scratch folder shared by the whole README (so `test --ckpt_path best` finds
+the run the quickstart's `fit` made), with the data pointed at the stand-in and the run cut to
+a few steps: those options are appended, nothing of the README's own is changed. The set-up
+(`python3 -m venv`, `. .venv/bin/activate`, `pip install`) is what CI itself runs; the
+benchmarks, torchrun, srun and the DDP commands need real data, GPUs, a cluster or several processes:
+each is checked to exist only (tests/test_ddp.py runs DDP on CPU processes).
+"""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_lit import export, report, sweep
+from resnet_lit.cli import main
+from resnet_lit.models import __main__ as models_main
+
+REPO = Path(__file__).parents[1]
+README = REPO / "README.md"
+# Appended to every command that trains or evaluates: the stand-in data, a few steps.
+SHORT = ["--trainer.max_epochs=1", "--trainer.max_steps=3", "--trainer.limit_train_batches=3"]
+SHORT += ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2"]
+SHORT += ["--trainer.limit_predict_batches=2", "--trainer.enable_progress_bar=false"]
+
+
+def readme_commands(text: str) -> list[str]:
+    """The shell commands of the README's code blocks (indented by 4 or fenced as sh/bash), in order."""
+    commands, in_fence, fence_lang = [], False, ""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            in_fence, fence_lang = (not in_fence), line[3:].strip()
+            i += 1
+            continue
+        code = line[4:] if (line.startswith("    ") and not in_fence) else (line if in_fence else None)
+        if code is not None and (not in_fence or fence_lang in ("sh", "bash", "shell")):
+            while code.endswith("\\") and i + 1 < len(lines):  # a command continued on the next line
+                i += 1
+                code = code[:-1] + " " + lines[i].strip()
+            code = code.split(" #")[0].strip()
+            if re.match(r"(python3? |\. \.venv|pip |tensorboard |torchrun |srun )", code):
+                commands.append(code)
+        i += 1
+    return commands
+
+
+def split_command(command: str) -> list[list[str]]:
+    """`a && b` as [[a...], [b...]], each shell-split."""
+    return [shlex.split(part) for part in command.split("&&")]
+
+
+def run(argv: list[str], standin: list[str]) -> None:
+    """Run one README command (already split) here, in-process where it is ours."""
+    if (argv[:2] == ["python3", "-m"] and argv[2] == "venv") or argv[:1] == ["."]:
+        return  # the environment: CI makes it with these very commands
+    if argv[0] == "pip":
+        extras = re.findall(r"\[(\w+)\]", " ".join(argv))
+        pyproject = (REPO / "pyproject.toml").read_text()
+        for extra in extras:
+            assert re.search(rf"^{extra} = \[", pyproject, re.MULTILINE), f"no extra [{extra}] in pyproject.toml"
+        return
+    if argv[0] == "tensorboard":
+        assert shutil.which("tensorboard", path=str(Path(sys.executable).parent)), "tensorboard is not installed"
+        return
+    if argv[0] == "ruff":
+        return  # CI runs it
+    if argv[0] in ("torchrun", "srun"):
+        assert "resnet_lit" in argv
+        return
+    assert argv[0] in ("python", "python3"), argv
+    if argv[1].startswith("benchmarks/"):
+        assert (REPO / argv[1]).is_file(), argv[1]
+        return
+    if argv[1] == "-c":  # a snippet: run it as written, here
+        result = subprocess.run([sys.executable, "-c", argv[2]], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return
+    assert argv[1] == "-m", argv
+    module, args = argv[2], argv[3:]
+    if "--trainer.strategy" in args:
+        return  # several processes: Lightning would start more copies of this test (tests/test_ddp.py runs DDP)
+    if module == "resnet_lit":
+        from_checkpoint = "--ckpt_path" in args and "untrained" not in args and args[0] != "fit"
+        extra = [] if from_checkpoint else standin  # a checkpoint names its own data
+        try:
+            main([*args, *extra, *SHORT])
+        except SystemExit as exit_:
+            assert exit_.code in (0, None), f"{' '.join(argv)} exited with {exit_.code}"
+    elif module == "resnet_lit.sweep":
+        assert sweep.main([*args, *standin, *SHORT]) == 0, " ".join(argv)
+    elif module == "resnet_lit.export":
+        assert export.main(args) == 0, " ".join(argv)
+    elif module == "resnet_lit.report":
+        assert report.main(args) == 0, " ".join(argv)
+    elif module == "resnet_lit.models":
+        sys.argv = ["python -m resnet_lit.models", *args]
+        models_main.main()
+    elif module == "pytest":
+        return  # this very suite
+    else:
+        raise AssertionError(f"a README command this test does not know: {' '.join(argv)}")
+
+
+def test_the_readme_has_the_commands_a_newcomer_needs():
+    commands = readme_commands(README.read_text())
+    text = " ".join(commands)
+    for expected in ("python3 -m venv .venv", "pip install -e", "resnet_lit fit --config configs/quick/r20.yaml"):
+        assert expected in text
+    assert "tensorboard --logdir lightning_logs" in text
+    assert not [c for c in commands if c.startswith(".venv/bin/")], "after activating, commands are bare"
+
+
+def python_block(text: str, containing: str) -> str:
+    """The README's ```python block that contains `containing`."""
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    (block,) = [b for b in blocks if containing in b]
+    return block
+
+
+@pytest.mark.slow  # every command of the README, each cut to a few steps: fits, tests, a sweep, a report
+def test_every_readme_command_runs_as_written_in_order(tmp_path, monkeypatch, fashion_root, cifar10_root):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(REPO / "configs")  # the commands name configs/ as in a clone
+    # "Add a data set": the README's MNIST module, as a user would save it, and MNIST stand-in files.
+    text = README.read_text()
+    (tmp_path / "my_data.py").write_text(python_block(text, "class MNISTDataModule"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mnist = tmp_path / "standin"
+    shutil.copytree(fashion_root / "FashionMNIST", mnist / "MNIST")
+    shutil.copytree(fashion_root / "FashionMNIST", mnist / "FashionMNIST")
+    # "Weights in and out": an akamaster-layout checkpoint, as the README's command names it.
+    from test_weights import akamaster_reference, save_akamaster
+
+    save_akamaster(akamaster_reference(20), tmp_path / "resnet20-12fca82f.th")
+    # configs/finetune: torchvision's file, as its cache holds it (offline: a stand-in of its layout).
+    import torch
+    import torchvision
+
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), hub / "checkpoints" / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    for command in readme_commands(text):
+        root = cifar10_root if "cifar10" in command else mnist
+        standin = [f"--data.data_dir={root}", "--data.download=false", "--data.val_size=100", "--data.batch_size=50"]
+        for argv in split_command(command):
+            argv = [a.replace("SOMEWHERE", str(root)) for a in argv]
+            run(argv, standin)
