@@ -218,29 +218,36 @@ row "report: a file, not a folder" $PY -m resnet_lit.report "$CKPT"
 rm -rf tb
 
 # Interruptions: a run of 3 epochs of 10 steps, signalled once its first epoch's last.ckpt exists,
-# then resumed with --ckpt_path last and compared with the same run left alone.
+# then resumed with --ckpt_path last and compared with the same run left alone. Twice: stopped by
+# max_epochs, and under the shipped configs/r20.yaml, which stops by max_steps (its step schedule
+# scaled to 30 steps).
 LONG=(fit --model.arch resnet8 --trainer.max_epochs 3 --trainer.deterministic true --seed_everything 7
   --model.schedule cosine "${QUIET[@]}" "${DATA[@]}")
-$PY -m resnet_lit "${LONG[@]}" --trainer.default_root_dir whole >/dev/null 2>&1
-for sig in KILL TERM INT; do
-  mkdir -p $sig
-  $PY -m resnet_lit "${LONG[@]}" --trainer.default_root_dir $sig >$sig/out1 2>$sig/err1 &
-  pid=$!
-  until [ -e $sig/lightning_logs/version_0/checkpoints/last.ckpt ] || ! kill -0 $pid 2>/dev/null; do sleep 0.01; done
+STEPS=(fit --config "$REPO/configs/r20.yaml" --model.arch resnet8 --trainer.max_steps 30
+  --model.milestones "[15,23]" --trainer.deterministic true --seed_everything 7 "${QUIET[@]}" "${DATA[@]}")
+interrupt() {  # interrupt NAME SIGNAL WHOLE LABEL ARGS...: a row, and the resumed run's line below
+  local name=$1 sig=$2 whole=$3 label=$4; shift 4  # WHOLE: the folder of the run left alone
+  [ -d $whole ] || $PY -m resnet_lit "$@" --trainer.default_root_dir $whole >/dev/null 2>&1
+  mkdir -p $name
+  $PY -m resnet_lit "$@" --trainer.default_root_dir $name >$name/out1 2>$name/err1 &
+  local pid=$!
+  until [ -e $name/lightning_logs/version_0/checkpoints/last.ckpt ] || ! kill -0 $pid 2>/dev/null; do sleep 0.01; done
   kill -s $sig $pid
   wait $pid
-  status=$?
-  step=$($PY -c "import torch; print(torch.load('$sig/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)['global_step'])")
-  said=$(grep -v '^\s*$' $sig/err1 | tail -n 1)
+  local status=$?
+  local step; step=$($PY -c "import torch; print(torch.load('$name/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)['global_step'])")
+  local said; said=$(grep -v '^\s*$' $name/err1 | tail -n 1)
   [ $sig = KILL ] && said="(nothing: no handler runs on SIGKILL)"
-  echo "| SIG$sig after the first epoch's checkpoint | $status | \`$said\` | last.ckpt at step $step |"
-  $PY -m resnet_lit "${LONG[@]}" --trainer.default_root_dir $sig --ckpt_path last >$sig/out2 2>$sig/err2
+  echo "| SIG$sig after the first epoch's checkpoint$label | $status | \`$said\` | last.ckpt at step $step |"
+  $PY -m resnet_lit "$@" --trainer.default_root_dir $name --ckpt_path last >$name/out2 2>$name/err2
   $PY -c "
 import torch
-a = torch.load('whole/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)
-b = torch.load('$sig/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)
-said = [l for l in (open('$sig/out2').read() + open('$sig/err2').read()).splitlines() if 'Restoring states' in l]
+a = torch.load('$whole/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)
+b = torch.load('$name/lightning_logs/version_0/checkpoints/last.ckpt', weights_only=True)
+said = [l for l in (open('$name/out2').read() + open('$name/err2').read()).splitlines() if 'Restoring states' in l]
 print('  resumed:', said, '| ended at step', b['global_step'], '(left alone:', a['global_step'], end=')')
 a, b = a['state_dict'], b['state_dict']
 print(' | max abs weight difference to the run left alone:', max((a[k].double() - b[k].double()).abs().max().item() for k in a))"
-done
+}
+for sig in KILL TERM INT; do interrupt $sig $sig whole "" "${LONG[@]}"; done
+interrupt r20-KILL KILL whole-r20 ", configs/r20.yaml (max_steps)" "${STEPS[@]}"

@@ -146,8 +146,16 @@ class EpochLines(Callback):
 
     KEYS = ("train/loss", "val/loss", "val/acc")
 
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._validated = False
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.monotonic()
+        self._validated = False
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -155,8 +163,11 @@ class EpochLines(Callback):
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         steps = f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
         metrics = trainer.callback_metrics
-        values = ", ".join(f"{key} {metrics[key].item():.4g}" for key in self.KEYS if key in metrics)
-        seconds = time.monotonic() - getattr(self, "_start", time.monotonic())
+        # The validation values only where this epoch validated (a run that stops at max_steps
+        # mid-epoch does not): older ones would pass for this epoch's.
+        keys = self.KEYS if self._validated else self.KEYS[:1]
+        values = ", ".join(f"{key} {metrics[key].item():.4g}" for key in keys if key in metrics)
+        seconds = time.monotonic() - self._start
         print(
             f"epoch {trainer.current_epoch + 1}{epochs}, step {trainer.global_step}{steps}: {values} ({seconds:.0f} s)",
             flush=True,

@@ -11,6 +11,10 @@ across processes under DDP) and at the end of `validate` and `test`
 
 The figures are drawn with PIL (which torchvision already installs), so nothing extra is needed;
 `render_confusion` and `render_mistakes` are the same functions that write the PNGs in docs/.
+Library alternatives, and why they are not used: `torchvision.utils.make_grid` tiles images but
+cannot label them (the true and predicted class under each mistake is the point of the grid);
+`TensorBoardLogger(log_graph=True)` traces the network as it runs, and `torch.jit.trace` refuses a
+network compiled with `model.compile`, so the graph here is traced eagerly (`compat.eager`).
 """
 
 import math

@@ -162,7 +162,7 @@ def _call(command: list[str], log: Path, what: str, env: dict[str, str] | None =
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},  # its log as it happens
         )
         _children.add(process)
         try:

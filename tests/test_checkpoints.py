@@ -163,6 +163,7 @@ def test_a_resume_that_would_change_what_is_trained_is_refused_before_anything_i
     assert snapshot(tmp_path) == before  # config.yaml still describes what ran
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_a_resume_may_change_speed_settings_and_its_config_says_what_ran(tmp_path, trained, fashion_root, monkeypatch):
     copy_run(trained, tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -174,6 +175,7 @@ def test_a_resume_may_change_speed_settings_and_its_config_says_what_ran(tmp_pat
     assert config["model"]["lr"] == 0.1 and config["data"]["init_args"]["seed"] == 0  # the seed is named
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_fit_ckpt_path_last_alone_continues_the_run_as_it_was(tmp_path, trained, fashion_root, monkeypatch):
     copy_run(trained, tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -184,12 +186,14 @@ def test_fit_ckpt_path_last_alone_continues_the_run_as_it_was(tmp_path, trained,
     assert cli.trainer.global_step == 20
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_a_schedule_that_spans_the_run_may_not_be_stretched_on_resume(in_tmp, data_args, capsys):
     fit("--model.schedule=cosine", *data_args)
     line = refused(capsys, ["fit", "--ckpt_path=last", "--trainer.max_epochs=3", *FAST, *data_args])
     assert "trainer.max_epochs=3 (checkpoint: 1; the cosine schedule spans the run)" in line
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_a_moved_run_folder_resumes_in_place(tmp_path, data_args, monkeypatch):
     monkeypatch.chdir(tmp_path)
     fit("--trainer.default_root_dir=before", *data_args)

@@ -39,6 +39,15 @@ def test_fit_writes_checkpoints_config_and_tensorboard_tags(in_tmp, data_args):
     assert cli.model.hparams.in_channels == 1 and cli.model.hparams.num_classes == 10  # linked from the data
 
 
+def test_without_progress_bar_each_epoch_prints_one_line(in_tmp, data_args, capsys):
+    fit(data_args, "--trainer.max_steps=13", epochs=2)  # 10 steps an epoch: stops inside epoch 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("epoch 1/2, step 10/13: train/loss") and "val/acc" in lines[0], lines
+    # Epoch 2 stopped before its validation: epoch 1's val/acc must not pass for its own.
+    assert lines[1].startswith("epoch 2/2, step 13/13: train/loss") and "val/" not in lines[1], lines
+
+
 def test_test_with_only_a_checkpoint_rebuilds_model_and_preprocessing(in_tmp, data_args):
     fit(data_args, "--model.arch=plain8", "--data.resize=32", "--data.normalize=false")
     run = in_tmp / "lightning_logs" / "version_0"
@@ -71,6 +80,7 @@ def test_an_explicit_setting_that_contradicts_the_checkpoint_is_refused(in_tmp, 
     assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == before
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_fit_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(in_tmp, data_args):
     first = fit(data_args, epochs=1)
     steps_per_epoch = first.trainer.global_step
@@ -87,6 +97,7 @@ def test_fit_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(in_tmp, dat
     assert saved["global_step"] == steps_per_epoch
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_last_checkpoint_follows_every_epoch_even_when_the_best_does_not_change(in_tmp, data_args):
     # Monitoring the epoch number with mode "min" makes epoch 0 the best for good: the later
     # epochs write no top-k checkpoint, which is when Lightning 2.6 would leave last.ckpt behind.
@@ -111,6 +122,7 @@ def test_fit_ckpt_path_last_without_a_previous_run_is_an_error(in_tmp, data_args
     assert "no lightning_logs/version_*/checkpoints/last.ckpt to resume from" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_a_second_run_in_the_same_folder_does_not_crash(in_tmp, data_args):
     fit(data_args)
     fit(data_args)

@@ -64,6 +64,7 @@ def test_random_erasing_touches_training_batches_only(fashion_root):
     assert not (evaluated == 0).all(dim=1).flatten(1).any(1).all()
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_the_weight_average_evaluates_and_is_checkpointed(in_tmp, data_args):
     cli = ResNetCLI(args=["fit", *FAST, "--model.ema_decay=0.9", "--trainer.max_epochs=2", *data_args])
     model = cli.model.eval()
@@ -89,6 +90,7 @@ def test_test_time_flips_average_the_two_softmaxes():
     torch.testing.assert_close(out["confidence"], expected.max(1).values)
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_test_time_flips_are_an_option_of_test(in_tmp, data_args):
     ResNetCLI(args=["fit", *FAST, "--trainer.max_epochs=1", *data_args])
     ckpt = "lightning_logs/version_0/checkpoints/last.ckpt"

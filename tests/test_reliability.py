@@ -150,6 +150,7 @@ def test_a_first_ctrl_c_saves_after_the_step(tmp_path, fashion_root):
     assert load_checkpoint(last)["global_step"] == 13
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_resuming_a_run_in_a_relative_root_dir_keeps_writing_its_last_checkpoint(in_tmp, fashion_root):
     args = ["fit", "--model.arch=resnet8", "--trainer.default_root_dir=runs", *FAST, *data_flags(fashion_root)]
     ResNetCLI(args=[*args, "--trainer.max_epochs=1"])
@@ -198,6 +199,7 @@ def test_a_damaged_last_checkpoint_is_refused_naming_the_intact_one(
     assert cli.trainer.global_step == 20
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_a_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint(tmp_path):
     script = """
 import io, os, sys, torch
@@ -423,6 +425,7 @@ def test_help_still_prints_and_exits_0(capsys):
 # --- 5. a non-finite loss stops the run and keeps the last good checkpoint -------------------------
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_a_diverging_run_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(in_tmp, fashion_root, capsys):
     # lr 0.1 for the first epoch, then x 1e7 (lr 1e6): the loss blows up in the second epoch.
     schedule = ["--model.schedule=step", "--model.interval=epoch", "--model.step_size=1", "--model.gamma=1e7"]
@@ -455,6 +458,7 @@ class PoisonStep(Callback):
             self.after = {k: v.detach().clone() for k, v in pl_module.named_parameters()}
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_a_nan_between_logging_steps_skips_its_update_and_is_named_at_the_next_check(in_tmp, fashion_root):
     # Logging every 50 steps: the guard reads its flags on the host only at the end of the epoch
     # (step 20), but the bad step 12 changed nothing and is the one named.
@@ -549,6 +553,7 @@ def test_predict_refuses_an_animated_gif(trained, tmp_path, capsys, in_tmp):
 # --- the disk, downloads and signals outside fit ----------------------------------------------------
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_a_full_disk_while_saving_ends_in_one_line_and_keeps_the_previous_checkpoints(
     tmp_path, trained, fashion_root, capsys, monkeypatch
 ):

@@ -134,6 +134,7 @@ def test_a_state_dict_of_an_unknown_layout_is_refused(tmp_path):
         init_weights(build("resnet20", in_channels=1, num_classes=10), str(tmp_path / "r32.pt"), "resnet20")
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_fit_starts_from_init_weights_and_says_what_it_did(in_tmp, data_args, capsys):
     torch.manual_seed(1)
     source = build("resnet8", in_channels=1, num_classes=10)
@@ -149,6 +150,7 @@ def test_fit_starts_from_init_weights_and_says_what_it_did(in_tmp, data_args, ca
 # --- weights out -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains more than once, or for several epochs
 def test_an_exported_onnx_model_predicts_what_predict_does(trained, tmp_path, fashion_root):
     onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     from resnet_lit import export
