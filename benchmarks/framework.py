@@ -127,6 +127,7 @@ class Alternate(Callback):
 
 def run(arch: str, data_dir: str, warmup: int, steps: int, repeats: int, extra: list[str]) -> Alternate:
     with tempfile.TemporaryDirectory() as root:
+        sys.argv = sys.argv[:1]  # the CLI reads its arguments from `args` only, not this script's
         cli = ResNetCLI(
             args=[
                 f"--seed_everything={SEED}",

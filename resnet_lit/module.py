@@ -176,12 +176,16 @@ class ResNetClassifier(LightningModule):
             return self.ema_net(x)  # evaluation and prediction use the averaged weights
         return self.net(x)
 
-    def _probabilities(self, x: Tensor) -> Tensor:
-        """Softmax of the batch, averaged with its mirror image's where `tta` is on."""
-        probs = self(x).float().softmax(dim=1)
+    def _log_probabilities(self, x: Tensor) -> Tensor:
+        """Log-softmax of the batch; with `tta`, the log of its average with the mirror image's.
+
+        Averaged in log space (logaddexp): the log of an averaged softmax would be -inf, and the
+        loss inf, wherever both probabilities round to 0 (a confident mistake, logit gap > ~104).
+        """
+        log_probs = self(x).float().log_softmax(dim=1)
         if self.hparams.tta:
-            probs = (probs + self(x.flip(-1)).float().softmax(dim=1)) / 2
-        return probs
+            log_probs = torch.logaddexp(log_probs, self(x.flip(-1)).float().log_softmax(dim=1)) - math.log(2)
+        return log_probs
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
@@ -209,7 +213,7 @@ class ResNetClassifier(LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         images, targets = batch
-        confidence, predicted = self._probabilities(images).max(dim=1)
+        confidence, predicted = self._log_probabilities(images).exp().max(dim=1)
         return {"predicted": predicted, "confidence": confidence, "target": targets}
 
     def _eval_step(
@@ -218,7 +222,7 @@ class ResNetClassifier(LightningModule):
         """Loss and accuracy of a batch; returns the logits, which callbacks (resnet_lit.insight) read."""
         images, targets = batch
         # With tta, the log of the averaged probabilities: logits of that average (softmax gives it back).
-        logits = self._probabilities(images).log() if self.hparams.tta else self(images)
+        logits = self._log_probabilities(images) if self.hparams.tta else self(images)
         mean_loss.update(F.cross_entropy(logits, targets), weight=len(targets))
         accuracy(logits, targets)
         self.log(f"{stage}/loss", mean_loss, prog_bar=True)

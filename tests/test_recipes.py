@@ -85,9 +85,23 @@ def test_test_time_flips_average_the_two_softmaxes():
     images = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         expected = (model.net(images).softmax(1) + model.net(images.flip(-1)).softmax(1)) / 2
-        torch.testing.assert_close(model._probabilities(images), expected)
         out = model.predict_step((images, torch.zeros(4, dtype=torch.long)), 0)
     torch.testing.assert_close(out["confidence"], expected.max(1).values)
+
+
+@pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")  # a step called directly
+def test_test_time_flips_keep_the_loss_of_a_confident_mistake_finite():
+    # Logit gaps in the thousands: both softmaxes round the wrong class's probability to 0, and the
+    # log of their average would be -inf (an infinite test/loss).
+    torch.manual_seed(0)
+    model = ResNetClassifier(arch="resnet8", tta=True).eval()
+    with torch.no_grad():
+        model.net.fc.weight.mul_(1e4)
+        images = torch.randn(4, 1, 28, 28)
+        wrong = model.net(images).argmin(dim=1)
+        model.validation_step((images, wrong), 0)
+    loss = model.val_loss.compute()
+    assert torch.isfinite(loss) and loss > 100, loss
 
 
 @pytest.mark.slow  # trains more than once, or for several epochs
