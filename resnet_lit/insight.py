@@ -169,13 +169,16 @@ class Insight(Callback):
         example = pl_module.example_input_array
         if not isinstance(example, Tensor):
             return
+        # The network alone (plain PyTorch), not the LightningModule around it: tracing reads every
+        # attribute of what it traces, and the module's torchmetrics objects answer a deprecated one.
+        network = getattr(pl_module, "net", pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 # add_graph traces in eval mode, so the BatchNorm statistics are left as they are;
                 # TensorBoard's graph still needs torch.jit.trace, whose deprecation notice is noise here.
-                with warnings.catch_warnings(), compat.eager(pl_module):
+                with warnings.catch_warnings(), compat.eager(network):
                     warnings.filterwarnings("ignore", r"`torch\.jit\.trace.*` is deprecated", FutureWarning)
-                    logger.experiment.add_graph(pl_module, example.to(pl_module.device))
+                    logger.experiment.add_graph(network, example.to(pl_module.device))
 
 
 class ConfidentMistakes:
