@@ -275,7 +275,7 @@ class StopOnNonFiniteLoss(Callback):
             # add a barrier, which waits on the host).
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         optimizer = trainer.optimizers[0] if len(trainer.optimizers) == 1 else None
-        lr = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        lr = [group["lr"] for each in trainer.optimizers for group in each.param_groups]
         if optimizer is not None and optimizer.defaults.get("fused"):
             optimizer.found_inf = bad  # the fused update is skipped on the device where it is 1
             self._pending.append((trainer.global_step, trainer.current_epoch, bad, loss, lr))

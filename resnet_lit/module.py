@@ -305,8 +305,7 @@ class ResNetClassifier(LightningModule):
         self._load_init_weights()
 
     def on_validation_start(self) -> None:
-        if not self.trainer.training and self.trainer.state.fn != "fit":
-            self._load_init_weights()  # validate --ckpt_path untrained --model.init_weights X
+        self._load_init_weights()  # validate --ckpt_path untrained --model.init_weights X (in fit: done)
 
     def on_test_start(self) -> None:
         self._load_init_weights()

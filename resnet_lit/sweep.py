@@ -271,9 +271,9 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
         return say_refusal(f"--jobs must be 1 or more, got {args.jobs}")
     reserved = [arg for arg in extra if arg.split("=", 1)[0] in RESERVED + (SEEDED if args.seeds else ())]
     if reserved:
-        return say_refusal(
-            f"{reserved[0].split('=', 1)[0]} is set by the sweep for each run; use --root to choose where runs go"
-        )
+        option = reserved[0].split("=", 1)[0]
+        instead = "give the seeds with --seeds" if option in SEEDED else "use --root to choose where runs go"
+        return say_refusal(f"{option} is set by the sweep for each run; {instead}")
     try:
         jobs = jobs_for(args.configs, args.root, args.seeds)
     except ValueError as err:

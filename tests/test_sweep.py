@@ -52,6 +52,10 @@ def test_seeds_give_each_config_a_folder_and_a_seed_per_seed(tmp_path):
     [
         (["--trainer.max_epochs", "3", "CONFIG"], "config '3' is not a YAML file; give the configs first"),
         (["CONFIG", "--trainer.default_root_dir=x"], "--trainer.default_root_dir is set by the sweep"),
+        (
+            ["CONFIG", "--seeds", "0", "1", "--seed_everything=3"],
+            "--seed_everything is set by the sweep for each run; give the seeds with --seeds",
+        ),
         (["CONFIG", "CONFIG"], "configs given twice"),
     ],
 )
