@@ -59,6 +59,7 @@ class Run:
     test_acc: float | None = None
     tested: str = ""  # which checkpoint the test used
     params: int = field(default=0)
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def arch(self) -> str:
@@ -211,7 +212,7 @@ def load_runs(paths: list[Path]) -> list[Run]:
             hparams = _read_yaml(folder / "hparams.yaml") or config.get("model") or {}
             if "arch" not in hparams:
                 raise ReportError(f"{str(folder)!r} has no hparams.yaml or config.yaml naming its arch")
-            run = Run(name, folder, hparams, _data_name(config), curves_of(folder))
+            run = Run(name, folder, hparams, _data_name(config), curves_of(folder), config=config)
             run.test_acc, run.tested = _find_test(folder, run.curves)
             run.params = count_params(hparams)
             runs.append(run)
@@ -261,73 +262,153 @@ def smoothed(curve: Curve, iterations: int = SMOOTH_ITERATIONS) -> Curve:
     return out
 
 
-def table_rows(runs: list[Run], smooth: int = SMOOTH_ITERATIONS) -> list[dict[str, str]]:
-    rows = []
+# --- seeds -----------------------------------------------------------------------------------------
+
+SEED_SUFFIX = re.compile(r"(.+)-s(\d+)$")  # the sweep's run names with --seeds: r20-s0, r20-s1, ...
+# What may differ between the runs of one group: the seed, and where a run's files and data are.
+NOT_THE_EXPERIMENT = {
+    ("seed_everything",),
+    ("ckpt_path",),
+    ("data", "init_args", "seed"),  # follows seed_everything unless set
+    ("data", "init_args", "data_dir"),
+    ("data", "init_args", "download"),
+    ("trainer", "default_root_dir"),
+    ("trainer", "enable_progress_bar"),
+}
+
+
+@dataclass
+class Group:
+    """Runs that differ only in their seed (n = 1 for a run alone)."""
+
+    name: str
+    runs: list[Run]
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+
+def seed_of(run: Run) -> int | None:
+    """The run's seed: its config's `seed_everything`, else the sweep's `-s<seed>` in its name."""
+    seed = run.config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return seed
+    match = SEED_SUFFIX.fullmatch(run.name)
+    return int(match.group(2)) if match else None
+
+
+def _experiment(run: Run) -> str:
+    """The run's settings less its seed and its paths, as one comparable string."""
+
+    def strip(value: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v, (*path, k)) for k, v in sorted(value.items()) if (*path, k) not in NOT_THE_EXPERIMENT}
+        return value
+
+    if not run.config:  # no config.yaml: only the sweep's names say which runs are seeds of one config
+        name = SEED_SUFFIX.fullmatch(run.name)
+        return repr((run.hparams, run.data, run.iterations, name.group(1) if name else run.name))
+    return repr((strip(run.config, ()), run.data, run.iterations))
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs whose settings are the same but for the seed, together; a run without a known seed stays alone.
+
+    A second run with a seed already in its group (the same run twice) starts a group of its own.
+    """
+    groups: list[tuple[str, list[Run]]] = []
     for run in runs:
-        train = smoothed(error_curve(run.curves.get("train/acc", [])), smooth)
-        val = error_curve(run.curves.get("val/acc", []))
+        key, seed = _experiment(run), seed_of(run)
+        home = None
+        if seed is not None:
+            home = next((g for k, g in groups if k == key and seed not in {seed_of(r) for r in g}), None)
+        if home is None:
+            groups.append((key, [run]))
+        else:
+            home.append(run)
+    return [Group(_group_name(members), members) for _, members in groups]
+
+
+def _group_name(runs: list[Run]) -> str:
+    if len(runs) == 1:
+        return runs[0].name
+    bases = {m.group(1) if (m := SEED_SUFFIX.fullmatch(run.name)) else run.name for run in runs}
+    return bases.pop() if len(bases) == 1 else " + ".join(run.name for run in runs)
+
+
+def mean_std(values: list[float]) -> str:
+    """`12.34` for one value, `12.34 ± 0.56` (sample standard deviation) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+def run_errors(run: Run, smooth: int = SMOOTH_ITERATIONS) -> dict[str, float | None]:
+    """A run's training error (trailing mean), best and final validation error and test error, in %."""
+    train = smoothed(error_curve(run.curves.get("train/acc", [])), smooth)
+    val = error_curve(run.curves.get("val/acc", []))
+    return {
+        "train error (%)": train[-1][1] if train else None,
+        "best val error (%)": min(e for _, e in val) if val else None,
+        "final val error (%)": val[-1][1] if val else None,
+        "test error (%)": 100 * (1 - run.test_acc) if run.test_acc is not None else None,
+    }
+
+
+def table_rows(runs: list[Run], smooth: int = SMOOTH_ITERATIONS, by_seed: bool = True) -> list[dict[str, str]]:
+    """A row per group of seeds (mean ± std and n), or with `by_seed=False` a row per run."""
+    rows = []
+    for group in group_runs(runs) if by_seed else [Group(run.name, [run]) for run in runs]:
+        run = group.first
         paper = PAPER_TABLE6.get(run.arch)
-        rows.append(
-            {
-                "run": run.name,
-                "data": run.data,
-                "arch": run.arch,
-                "depth": str(run.depth),
-                "params": f"{run.params:,}",
-                "iterations": f"{run.iterations:,}",
-                "train error (%)": _pct(train[-1][1] if train else None),
-                "best val error (%)": _pct(min(e for _, e in val) if val else None),
-                "final val error (%)": _pct(val[-1][1] if val else None),
-                "test error (%)": _pct(100 * (1 - run.test_acc) if run.test_acc is not None else None),
-                "tested": run.tested or "—",
-                "paper, CIFAR-10 (%)": f"{paper:.2f}" if paper is not None else "—",
-            }
-        )
+        errors = [run_errors(member, smooth) for member in group.runs]
+        row = {
+            "run": group.name,
+            "n": str(len(group.runs)),
+            "data": run.data,
+            "arch": run.arch,
+            "depth": str(run.depth),
+            "params": f"{run.params:,}",
+            "iterations": f"{run.iterations:,}",
+        }
+        for column in PERCENT_COLUMNS:
+            values = [e[column] for e in errors]
+            row[column] = mean_std(values) if None not in values else "—"
+        tested = {member.tested for member in group.runs}
+        row["tested"] = tested.pop() if len(tested) == 1 and run.tested else "—"
+        row["paper, CIFAR-10 (%)"] = f"{paper:.2f}" if paper is not None else "—"
+        rows.append(row)
     return rows
 
 
-def _pct(value: float | None) -> str:
-    return f"{value:.2f}" if value is not None else "—"
-
-
-SEED_SUFFIX = re.compile(r"(.+)-s(\d+)$")  # the sweep's run names with --seeds: r20-s0, r20-s1, ...
 PERCENT_COLUMNS = ("train error (%)", "best val error (%)", "final val error (%)", "test error (%)")
 
 
-def seed_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """One row per run name (less its `-s<seed>` suffix) with two or more seeds: mean ± std of each error."""
-    groups: dict[str, list[dict[str, str]]] = {}
-    for row in rows:
-        match = SEED_SUFFIX.fullmatch(row["run"])
-        if match:
-            groups.setdefault(match.group(1), []).append(row)
-    out = []
-    for name, group in groups.items():
-        if len(group) < 2:
-            continue
-        row = {**group[0], "run": f"{name} ({len(group)} seeds)", "tested": "—"}
-        for column in PERCENT_COLUMNS:
-            values = [float(r[column]) for r in group if r[column] != "—"]
-            if len(values) == len(group):
-                mean = statistics.mean(values)
-                row[column] = f"{mean:.2f} ± {statistics.stdev(values):.2f}"
-        out.append(row)
-    return out
-
-
-def markdown(rows: list[dict[str, str]], smooth: int = SMOOTH_ITERATIONS) -> str:
-    rows = [*rows, *seed_rows(rows)]
+def _lines(rows: list[dict[str, str]]) -> list[str]:
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row[key] for key in header) + " |" for row in rows]
+    return lines + ["| " + " | ".join(row[key] for key in header) + " |" for row in rows]
+
+
+def markdown(runs: list[Run], smooth: int = SMOOTH_ITERATIONS) -> str:
+    """The table: a row per group of seeds; where a group has several, each run's row after it."""
+    grouped = table_rows(runs, smooth)
+    lines = _lines(grouped)
+    if any(row["n"] != "1" for row in grouped):
+        lines += ["", "Each run:", "", *_lines(table_rows(runs, smooth, by_seed=False))]
     notes = [
         "",
+        "- n: the runs that differ only in their seed (`sweep --seeds`, or `--seed_everything`); with n > 1 "
+        "every error is the mean ± the sample standard deviation over them.",
         f"- train error: mean of the `train/acc` batches logged in the last {smooth} iterations (augmented "
         "images, BatchNorm in training mode, as the paper's training curves).",
         "- val error: `val/acc` on the held-out split after each epoch; best and last.",
         "- test error: `test/acc` logged in the run's folder, else in the newest sibling `version_*` whose "
         "config.yaml `ckpt_path` is one of this run's checkpoints; `tested` names that checkpoint.",
-        "- N seeds: the runs of one config with different seeds (`sweep --seeds`): mean ± standard deviation.",
         "- paper: He et al. 2016, Table 6, CIFAR-10 test error (ResNet-110: best of 5 runs, mean 6.61 ± 0.16); "
         "Table 6 lists no plain nets. Only comparable for runs on CIFAR-10 with the full schedule.",
     ]
@@ -337,40 +418,64 @@ def markdown(rows: list[dict[str, str]], smooth: int = SMOOTH_ITERATIONS) -> str
 # --- the figure -----------------------------------------------------------------------------------
 
 
-def plot(runs: list[Run], out: Path, smooth: int = SMOOTH_ITERATIONS, ymax: float | None = None) -> None:
-    """Fig. 6's layout: plain nets left, ResNets right; dashed training error, bold validation error."""
+def _mean_curve(curves: list[Curve]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps, mean, smallest and largest of several runs' curves, on the first curve's steps they all reach."""
+    import numpy as np
+
+    last = min(curve[-1][0] for curve in curves)
+    steps = [step for step, _ in curves[0] if step <= last]
+    values = np.array([np.interp(steps, *zip(*curve, strict=True)) for curve in curves])
+    return steps, list(values.mean(axis=0)), list(values.min(axis=0)), list(values.max(axis=0))
+
+
+def plot(runs: list[Run], out: Path, smooth: int = SMOOTH_ITERATIONS, ymax: float | None = None):
+    """Fig. 6's layout: plain nets left, ResNets right; dashed training error, bold validation error.
+
+    Runs that differ only in their seed are drawn as one curve, their mean, in a band from the
+    smallest to the largest of them; their test error as the mean with a bar over the same range.
+    """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    depths = sorted({run.depth for run in runs})
+    groups = group_runs(runs)
+    depths = sorted({group.first.depth for group in groups})
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
     colour = {depth: palette[i % len(palette)] for i, depth in enumerate(depths)}
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     panels = fig.subplots(1, 2, sharex=True, sharey=True)
     finals = []
     for panel, plain, title in ((panels[0], True, "plain networks"), (panels[1], False, "residual networks")):
-        members = sorted((run for run in runs if run.plain == plain), key=lambda run: run.depth)
-        labels = [run.label for run in members]
-        for run in members:
-            c = colour[run.depth]
-            label = run.label if labels.count(run.label) == 1 else f"{run.label} ({run.name})"
-            train = smoothed(error_curve(run.curves.get("train/acc", [])), smooth)
-            val = error_curve(run.curves.get("val/acc", []))
-            if train:
-                panel.plot(*zip(*train, strict=True), color=c, linestyle="--", linewidth=1)
-                finals.append(train[-1][1])
-            if val:
-                panel.plot(*zip(*val, strict=True), color=c, linewidth=2.5, label=label)
-                finals.append(val[-1][1])
-            if run.test_acc is not None:
-                test = 100 * (1 - run.test_acc)
-                panel.plot([max(run.iterations - 1, 0)], [test], color=c, marker="*", markersize=12, linestyle="none")
-                finals.append(test)
+        members = sorted((g for g in groups if g.first.plain == plain), key=lambda g: g.first.depth)
+        labels = [group.first.label for group in members]
+        for group in members:
+            c = colour[group.first.depth]
+            n = len(group.runs)
+            label = group.first.label if labels.count(group.first.label) == 1 else f"{group.first.label} ({group.name})"
+            label += f", n={n}" if n > 1 else ""
+            train = [smoothed(error_curve(r.curves.get("train/acc", [])), smooth) for r in group.runs]
+            val = [error_curve(r.curves.get("val/acc", [])) for r in group.runs]
+            for curves, style in ((train, dict(linestyle="--", linewidth=1)), (val, dict(linewidth=2.5, label=label))):
+                if not all(curves):
+                    continue
+                steps, mean, low, high = _mean_curve(curves)
+                panel.plot(steps, mean, color=c, **style)
+                if n > 1:
+                    panel.fill_between(steps, low, high, color=c, alpha=0.2, linewidth=0)
+                finals.append(mean[-1])
+            tests = [100 * (1 - r.test_acc) for r in group.runs if r.test_acc is not None]
+            if tests and len(tests) == n:
+                mean = statistics.mean(tests)
+                bar = [[mean - min(tests)], [max(tests) - mean]] if n > 1 else None
+                x = max(group.first.iterations - 1, 0)
+                panel.errorbar([x], [mean], yerr=bar, color=c, marker="*", markersize=12, linestyle="none", capsize=4)
+                finals.append(mean)
         panel.set_title(title)
         panel.set_xlabel("iterations")
         panel.grid(alpha=0.3)
         if members:
-            panel.legend(loc="upper right")
+            if panel.get_legend_handles_labels()[0]:  # a run with no validation yet has no labelled curve
+                panel.legend(loc="upper right")
         else:
             panel.text(0.5, 0.5, "no runs", ha="center", va="center", transform=panel.transAxes, color="gray")
     panels[0].set_ylabel("error (%)")
@@ -381,9 +486,12 @@ def plot(runs: list[Run], out: Path, smooth: int = SMOOTH_ITERATIONS, ymax: floa
         Line2D([], [], color="black", linewidth=2.5, label="validation"),
         Line2D([], [], color="black", marker="*", markersize=10, linestyle="none", label="test"),
     ]
-    fig.legend(handles=styles, loc="outside lower center", ncols=3, frameon=False)
+    if any(len(group.runs) > 1 for group in groups):
+        styles.append(Patch(color="gray", alpha=0.3, label="seeds: mean, band from lowest to highest"))
+    fig.legend(handles=styles, loc="outside lower center", ncols=len(styles), frameon=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
+    return fig
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -424,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = load_runs(args.run_dirs)
     except ReportError as err:
         return say_refusal(str(err))
-    table = markdown(table_rows(runs, args.smooth), args.smooth)
+    table = markdown(runs, args.smooth)
     print(table, end="")
     if args.table:
         args.table.parent.mkdir(parents=True, exist_ok=True)

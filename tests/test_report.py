@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from matplotlib.collections import PolyCollection
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
@@ -156,14 +157,16 @@ def test_table_has_errors_in_percent_and_the_papers_number(tmp_path):
     )
     fake_run(tmp_path / "p20", 0, "plain20", val_acc=[(99, 0.5)])
     fake_test(tmp_path / "r20", 1, "lightning_logs/version_0/checkpoints/last.ckpt", acc=0.9125)
-    rows = report.table_rows(report.load_runs([tmp_path / "r20", tmp_path / "p20"]), smooth=250)
+    runs = report.load_runs([tmp_path / "r20", tmp_path / "p20"])
+    rows = report.table_rows(runs, smooth=250)
     r20, p20 = rows
     assert r20["train error (%)"] == "15.00"  # mean of 80% and 90% accuracy, the batches in the last 250 iterations
     assert (r20["best val error (%)"], r20["final val error (%)"], r20["test error (%)"]) == ("15.00", "20.00", "8.75")
     assert r20["paper, CIFAR-10 (%)"] == "8.75" and r20["params"] == "269,434" and r20["iterations"] == "401"
     assert p20["paper, CIFAR-10 (%)"] == "—" and p20["test error (%)"] == "—" and p20["train error (%)"] == "—"
-    text = report.markdown(rows)
-    assert text.splitlines()[0].startswith("| run | data | arch | depth | params |")
+    assert r20["n"] == p20["n"] == "1"
+    text = report.markdown(runs)
+    assert text.splitlines()[0].startswith("| run | n | data | arch | depth | params |")
     assert "He et al. 2016, Table 6" in text
 
 
@@ -211,11 +214,11 @@ def test_report_on_two_short_runs_writes_a_png_and_the_table(two_runs, tmp_path,
     rows = [
         line.split(" | ") for line in text.splitlines() if line.startswith("| plain8") or line.startswith("| resnet8")
     ]
-    assert [row[2] for row in rows] == ["plain8", "resnet8"]
+    assert [row[3] for row in rows] == ["plain8", "resnet8"]
     for row in rows:
-        assert row[1] == "Fashion-MNIST" and row[5] == "20"  # 2 epochs of 10 batches
-        assert all(0 <= float(v) <= 100 for v in row[6:10])  # train, best val, final val, test error
-        assert row[10] == "best"
+        assert row[1] == "1" and row[2] == "Fashion-MNIST" and row[6] == "20"  # n = 1; 2 epochs of 10 batches
+        assert all(0 <= float(v) <= 100 for v in row[7:11])  # train, best val, final val, test error
+        assert row[11] == "best"
 
 
 @pytest.mark.slow  # shares the runs above
@@ -227,17 +230,69 @@ def test_python_m_resnet_lit_report(two_runs, tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "| resnet8 | Fashion-MNIST | resnet8 | 8 |" in done.stdout
+    assert "| resnet8 | 1 | Fashion-MNIST | resnet8 | 8 |" in done.stdout
     assert (tmp_path / "f.png").stat().st_size > 10_000
 
 
-def test_runs_of_one_config_with_several_seeds_get_a_mean_and_std_row():
-    def row(run, test):
-        return {"run": run, "arch": "resnet20", "train error (%)": "10.00", "best val error (%)": "9.00",
-                "final val error (%)": "9.50", "test error (%)": test, "tested": "x.ckpt"}  # fmt: skip
+def _seeded(root: Path, name: str, seed: int | None, arch: str = "resnet20", test: float | None = None, **curves):
+    folder = fake_run(root / name, 0, arch, **curves)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["trainer"] = {"default_root_dir": str(root / name), "max_steps": 400}
+    if seed is not None:
+        config["seed_everything"] = seed
+        config["data"]["init_args"] = {"seed": seed, "data_dir": f"/somewhere/{seed}"}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if test is not None:
+        fake_test(root / name, 1, "lightning_logs/version_0/checkpoints/best.ckpt", acc=test)
+    return root / name
 
-    rows = [row("r20-s0", "8.00"), row("r20-s1", "10.00"), row("r56-s0", "7.00")]
-    (merged,) = report.seed_rows(rows)
-    assert merged["run"] == "r20 (2 seeds)"
-    assert merged["test error (%)"] == "9.00 ± 1.41" and merged["train error (%)"] == "10.00 ± 0.00"
-    assert "| r20 (2 seeds) |" in report.markdown(rows)
+
+def test_runs_that_differ_only_in_their_seed_are_one_row_with_mean_std_and_n(tmp_path):
+    val = {"val_acc": [(99, 0.9), (199, 0.92)]}
+    paths = [
+        _seeded(tmp_path, "r20-s0", 0, test=0.92, **val),
+        _seeded(tmp_path, "r20-s1", 1, test=0.90, **val),
+        _seeded(tmp_path, "other-name", 2, test=0.91, **val),  # the same settings, seed 2: the same group
+        _seeded(tmp_path, "r56-s0", 0, "resnet56", test=0.93, **val),
+        _seeded(tmp_path, "again-s0", 0, test=0.5, **val),  # seed 0 again: another group, not a seed
+        _seeded(tmp_path, "unseeded", None, test=0.5, **val),
+    ]
+    runs = report.load_runs(paths)
+    groups = report.group_runs(runs)
+    assert [(g.name, len(g.runs)) for g in groups] == [
+        ("r20-s0 + r20-s1 + other-name", 3), ("r56-s0", 1), ("again-s0", 1), ("unseeded", 1)
+    ]  # fmt: skip
+    rows = report.table_rows(runs)
+    assert rows[0]["n"] == "3" and rows[1]["n"] == "1"
+    assert rows[0]["test error (%)"] == "9.00 ± 1.00"  # 8, 10 and 9
+    assert rows[0]["final val error (%)"] == "8.00 ± 0.00" and rows[1]["test error (%)"] == "7.00"
+    text = report.markdown(runs)
+    assert text.splitlines()[0].startswith("| run | n | data | arch |")
+    assert "Each run:" in text and "| r20-s1 | 1 |" in text  # the members, after the groups
+    assert report.seed_of(runs[0]) == 0 and report.seed_of(runs[-1]) is None
+
+
+def test_seeds_named_by_the_sweep_share_their_name(tmp_path):
+    val = {"val_acc": [(99, 0.9)]}
+    runs = report.load_runs([_seeded(tmp_path, f"r20-s{seed}", seed, **val) for seed in (1, 2)])
+    (group,) = report.group_runs(runs)
+    assert group.name == "r20" and report.markdown(runs).count("| r20 | 2 |") == 1
+
+
+def test_a_band_per_group_of_seeds_in_the_figure(tmp_path):
+    def curves(seed: int) -> dict:
+        train = [(0, 0.1), (100, 0.5 + seed / 10), (200, 0.8)]
+        return {"train_acc": train, "val_acc": [(99, 0.5), (199, 0.8 + seed / 50)]}
+
+    seeds = [_seeded(tmp_path, f"r20-s{seed}", seed, test=0.9 + seed / 100, **curves(seed)) for seed in (0, 1, 2)]
+    runs = report.load_runs([*seeds, _seeded(tmp_path, "p20", 0, "plain20", val_acc=[(99, 0.4), (199, 0.6)])])
+    figure = report.plot(runs, tmp_path / "fig.png")
+    plain, residual = figure.axes[:2]
+    bands = [c for c in residual.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # around the training and the validation curve
+    assert not [c for c in plain.collections if isinstance(c, PolyCollection)]  # a run alone: no band
+    from_steps = bands[1].get_paths()[0].vertices[:, 1]
+    assert min(from_steps) == pytest.approx(16.0) and max(from_steps) == pytest.approx(50.0)  # lowest to highest
+    (val,) = [line for line in residual.lines if line.get_linewidth() == 2.5]
+    assert val.get_label() == "ResNet-20, n=3"
+    assert list(val.get_ydata()) == pytest.approx([50.0, 18.0])  # the mean of 20, 18 and 16

@@ -88,7 +88,7 @@ def test_a_failed_run_does_not_stop_the_next_and_a_rerun_skips_finished_runs(tmp
     with Image.open(tmp_path / "fig.png") as png:
         assert png.format == "PNG"
     table = (tmp_path / "table.md").read_text()
-    assert "| r8 | Fashion-MNIST | resnet8 |" in table and "broken" not in table
+    assert "| r8 | 1 | Fashion-MNIST | resnet8 |" in table and "broken" not in table
     assert "| best |" in table  # the test of the best checkpoint was found
 
     marker = (tmp_path / "runs/r8/done").stat().st_mtime_ns
@@ -97,7 +97,7 @@ def test_a_failed_run_does_not_stop_the_next_and_a_rerun_skips_finished_runs(tmp
     assert "r8: finished before, skipped" in out and "r8: fit ..." not in out
     assert (tmp_path / "runs/r8/done").stat().st_mtime_ns == marker
     assert sorted(p.name for p in (tmp_path / "runs/r8/lightning_logs").iterdir()) == ["version_0", "version_1"]
-    assert "| r8 | Fashion-MNIST | resnet8 |" in (tmp_path / "table.md").read_text()
+    assert "| r8 | 1 | Fashion-MNIST | resnet8 |" in (tmp_path / "table.md").read_text()
 
     # The same folder with other arguments is refused, not mixed or silently skipped.
     assert sweep.main([str(good), "--trainer.max_epochs=2", *data_args]) == 1
@@ -122,7 +122,7 @@ def test_an_interrupted_fit_resumes_from_its_last_checkpoint(tmp_path, data_args
     logs = sorted(p.name for p in (tmp_path / "runs/r8/lightning_logs").iterdir())
     assert logs == ["version_0", "version_1"]  # the resumed fit went on in version_0; the test is version_1
     assert len(list((tmp_path / "runs/r8/lightning_logs/version_0").glob("events.out.tfevents.*"))) == 2
-    assert "| r8 | Fashion-MNIST | resnet8 | 8 | 75,002 | 20 |" in out  # both epochs, one run
+    assert "| r8 | 1 | Fashion-MNIST | resnet8 | 8 | 75,002 | 20 |" in out  # both epochs, one run
 
 
 def test_jobs_are_spread_over_the_gpus_in_turn_or_split_the_cores(monkeypatch):
