@@ -14,7 +14,12 @@ as plain data that `torch.load(..., weights_only=True)` reads. ONNX needs the `e
 """
 
 import argparse
+import contextlib
+import errno
+import math
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,9 +34,12 @@ TOLERANCE = 1e-4
 class Classifier(nn.Module):
     """uint8 images in, class probabilities out: the checkpoint's preprocessing, then its network."""
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float], size: int | None, scale_only: bool) -> None:
+    def __init__(
+        self, net: nn.Module, mean: list[float], std: list[float], size: int | None, scale_only: bool, tta: bool = False
+    ) -> None:
         super().__init__()
         self.net = net
+        self.tta = tta
         channels = len(mean)
         scale = torch.full((channels,), 1 / 255.0) if scale_only else 1 / (255 * torch.tensor(std, dtype=torch.float64))
         shift = torch.zeros(channels) if scale_only else -torch.tensor(mean, dtype=torch.float64) / torch.tensor(std)
@@ -43,7 +51,12 @@ class Classifier(nn.Module):
         x = images.float() * self.scale + self.shift
         if self.size is not None:
             x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.net(x).softmax(dim=1)
+        if not self.tta:
+            return self.net(x).softmax(dim=1)
+        # As ResNetClassifier._log_probabilities with tta: the image and its mirror, averaged in log space.
+        log_probs = self.net(x).log_softmax(dim=1)
+        mirrored = self.net(x.flip(-1)).log_softmax(dim=1)
+        return (torch.logaddexp(log_probs, mirrored) - math.log(2)).exp()
 
 
 def load_classifier(ckpt_path: str) -> tuple[Classifier, dict, tuple[int, int, int]]:
@@ -62,7 +75,8 @@ def load_classifier(ckpt_path: str) -> tuple[Classifier, dict, tuple[int, int, i
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict(state)
     net = (model.ema_net if model.ema_net is not None else model.net).eval()
-    classifier = Classifier(net, mean, std, data.get("resize"), data.get("normalize") is False).eval()
+    tta = bool(settings.model.get("tta"))  # the run was evaluated with flips: the export averages them too
+    classifier = Classifier(net, mean, std, data.get("resize"), data.get("normalize") is False, tta).eval()
     shape = (data_cls.in_channels, data_cls.native_size, data_cls.native_size)
     return classifier, {**settings.model, "data": data, "data_class": data_class}, shape
 
@@ -74,13 +88,52 @@ def export(ckpt_path: str, fmt: str, out: Path) -> list[str]:
     with torch.no_grad():
         expected = classifier(example)
     said = [f"{out}: {fmt}, input uint8 (N, {', '.join(map(str, shape))}) 0..255, output probabilities (N, classes)"]
+    if classifier.tta:
+        said.append("  test-time flips included (the run set tta): the image and its mirror, averaged")
+    with _written_whole(out) as temporary:
+        said += _write(classifier, fmt, example, expected, hparams, shape, temporary)
+    return said
+
+
+@contextlib.contextmanager
+def _written_whole(out: Path) -> Iterator[Path]:
+    """A temporary path beside `out`, renamed over it only once the export there is complete and checked.
+
+    Whatever fails (a refusal, a full disk, a failed check) removes the temporary file and leaves
+    `out` as it was: an existing file is never touched unless a whole new one replaces it.
+    """
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")  # the suffix: ONNX writers read it
+    try:
+        yield temporary
+        with open(temporary, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, out)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        for stray in out.parent.glob(f"{temporary.name}*"):  # e.g. an ONNX writer's external data beside it
+            stray.unlink(missing_ok=True)
+        raise
+
+
+def _write(
+    classifier: Classifier, fmt: str, example: Tensor, expected: Tensor, hparams: dict, shape: tuple, out: Path
+) -> list[str]:
+    said: list[str] = []
     if fmt == "state_dict":
         payload = {
             "state_dict": classifier.net.state_dict(),
             "hyper_parameters": hparams,
-            "preprocessing": {"scale": classifier.scale, "shift": classifier.shift, "resize": classifier.size},
+            "preprocessing": {
+                "scale": classifier.scale,
+                "shift": classifier.shift,
+                "resize": classifier.size,
+                "tta": classifier.tta,
+            },
         }
-        torch.save(payload, out)
+        try:
+            torch.save(payload, out)
+        except RuntimeError as err:  # torch's writer reports a failed write (a full disk) this way
+            raise OSError(errno.EIO, "is the disk full?", str(out)) from err
         return said
     if fmt == "torchscript":
         with torch.no_grad():
@@ -92,7 +145,7 @@ def export(ckpt_path: str, fmt: str, out: Path) -> list[str]:
             difference = float((loaded(images) - classifier(images)).abs().max())
         said.append(f"  reloaded with torch.jit.load: a batch of 7, largest difference to PyTorch {difference:.1e}")
         return said
-    return said + _export_onnx(classifier, example, expected, out)
+    return _export_onnx(classifier, example, expected, out)
 
 
 def _export_onnx(classifier: Classifier, example: Tensor, expected: Tensor, out: Path) -> list[str]:
@@ -142,13 +195,31 @@ def main(argv: list[str] | None = None) -> int:
     if not ckpt.is_file():
         return say_refusal(f"--ckpt_path {str(ckpt)!r}: no such file")
     out = args.out or ckpt.with_suffix(FORMATS[args.format])
+    problem = out_problem(out, ckpt)
+    if problem:
+        return say_refusal(problem)
     try:
         for line in export(str(ckpt), args.format, out):
             print(line)
     except BadInput as err:
-        out.unlink(missing_ok=True)
-        return say_refusal(str(err))
+        return say_refusal(str(err))  # `out` untouched: the export wrote only its temporary file
+    except OSError as err:
+        return say_refusal(f"--out {str(out)!r}: the write failed ({err.strerror or err}); {out.name} is as it was")
     return 0
+
+
+def out_problem(out: Path, ckpt: Path) -> str | None:
+    """Why the export cannot be written to `out`, or None: checked before any work is done."""
+    if out.exists() and out.resolve() == ckpt.resolve():
+        return f"--out {str(out)!r} is the checkpoint being exported; give another file"
+    if out.is_dir():
+        return f"--out {str(out)!r} is a folder; give a file name (e.g. {out / ('model' + out.suffix)})"
+    folder = out.parent
+    if not folder.is_dir():
+        return f"--out {str(out)!r}: its folder {str(folder)!r} does not exist; create it or give another --out"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"--out {str(out)!r}: its folder {str(folder)!r} is not writable; give another --out"
+    return None
 
 
 if __name__ == "__main__":
