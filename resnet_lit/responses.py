@@ -18,6 +18,8 @@ paper's two panels: by layer index (in the order the layers run), and sorted by 
 """
 
 import argparse
+import dataclasses
+import json
 import statistics
 import sys
 from dataclasses import dataclass
@@ -238,18 +240,38 @@ def write_tensorboard(measured: list[Responses], logdir: Path) -> None:
                     writer.add_scalar(tag, value, step)
 
 
+def load(path: Path) -> list[Responses]:
+    """What `--save` wrote: the measured responses, without the checkpoints."""
+    try:
+        return [Responses(**entry) for entry in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError) as err:
+        raise BadInput(f"--load {str(path)!r} is not a file that --save wrote ({err})") from err
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+    import warnings
+
+    from resnet_lit.cli import _drop_lightning_notices
+
+    # The same quiet as python -m resnet_lit: no "no GPU" or advertising lines per checkpoint.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_lightning_notices)
+    warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning 2.6 itself
     parser = argparse.ArgumentParser(prog="python -m resnet_lit.responses", description=__doc__.splitlines()[0])
-    parser.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoints of python -m resnet_lit fit")
+    parser.add_argument("ckpts", nargs="*", metavar="CKPT", help="checkpoints of python -m resnet_lit fit")
+    parser.add_argument("--save", type=Path, help="also write what was measured to this JSON file (for --load)")
+    parser.add_argument("--load", type=Path, help="redraw from a file --save wrote, instead of checkpoints")
     parser.add_argument("--out", type=Path, help="the figure to write (PNG, PDF, SVG: by the suffix)")
     parser.add_argument("--table", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--logdir", type=Path, help="also write the curves here for TensorBoard")
     parser.add_argument("--data_dir", help="the data folder (default: the one each checkpoint was trained on)")
     parser.add_argument("--batch_size", type=int, help="test batch size (default: the checkpoint's)")
     args = parser.parse_args(argv)
+    if bool(args.ckpts) == (args.load is not None):
+        return say_refusal("give checkpoints, or --load with a file that --save wrote (not both)")
     if args.batch_size is not None and args.batch_size < 1:
         return say_refusal(f"--batch_size must be 1 or more, got {args.batch_size}")
     for ckpt in args.ckpts:
@@ -261,9 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             return say_refusal(INSTALL_PLOT)
     try:
-        measured = [measure(ckpt, args.data_dir, args.batch_size) for ckpt in args.ckpts]
+        measured = load(args.load) if args.load else [measure(c, args.data_dir, args.batch_size) for c in args.ckpts]
     except BadInput as err:
         return say_refusal(str(err))
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps([dataclasses.asdict(m) for m in measured], indent=1) + "\n")
     table = markdown(measured)
     print(table, end="")
     if args.table:

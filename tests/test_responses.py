@@ -102,3 +102,17 @@ def test_refusals_are_one_line(trained, tmp_path, capsys):
     assert responses.main([str(text)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_saved_responses_redraw_without_the_checkpoints(trained, fashion_root, tmp_path, capsys):
+    saved = tmp_path / "responses.json"
+    first, again = tmp_path / "a.md", tmp_path / "b.md"
+    args = [str(_ckpt(trained)), "--data_dir", str(fashion_root), "--save", str(saved), "--table", str(first)]
+    assert responses.main(args) == 0
+    assert responses.main(["--load", str(saved), "--table", str(again), "--out", str(tmp_path / "f.png")]) == 0
+    assert first.read_text() == again.read_text()
+    capsys.readouterr()
+    assert responses.main([str(_ckpt(trained)), "--load", str(saved)]) == 2
+    assert responses.main(["--load", str(first)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
