@@ -331,6 +331,8 @@ class StopOnNonFiniteLoss(Callback):
 class SaveOnInterrupt(Callback):
     """On SIGTERM or a first Ctrl-C, finish the current step, save `last.ckpt`, say where, exit.
 
+    A validation in progress inside fit runs to its end first, so the resumed run has it.
+
     Lightning turns SIGTERM into a stop after the current training step (`SIGTERMException`)
     but saves nothing itself. A first Ctrl-C is turned into the same graceful stop; a second one
     aborts at once and saves nothing. The saved state resumes exactly with `fit --ckpt_path last`,
@@ -344,6 +346,7 @@ class SaveOnInterrupt(Callback):
         self.enabled = enabled
         self._previous_handler: Any = None
         self._signal_name = "SIGTERM"
+        self._held = False
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled:
@@ -356,6 +359,19 @@ class SaveOnInterrupt(Callback):
 
     # validate, test and predict stop the same way (with nothing to save).
     on_validation_start = on_test_start = on_predict_start = on_train_start
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        # A validation inside fit runs to its end before the stop: Lightning would stop it at the
+        # next batch, and the resumed run would never validate that epoch (compat.set_sigterm).
+        if self.enabled and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            if trainer.received_sigterm:
+                compat.set_sigterm(trainer, False)
+                self._held = True
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._held:
+            self._held = False
+            compat.set_sigterm(trainer, True)  # acted on after this step, as any other SIGTERM
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._previous_handler is not None:

@@ -28,6 +28,7 @@ __all__ = [
     "save_last_checkpoint",
     "saves_on_train_epoch_end",
     "set_max_steps",
+    "set_sigterm",
     "set_subcommand_defaults",
     "training_batch_index",
 ]
@@ -86,6 +87,16 @@ def set_max_steps(trainer: Trainer, value: int) -> None:
     """Lightning 2.6 restores a finished epoch of a run with max_steps as unfinished (see
     `resnet_lit.callbacks.ExactResume`); `trainer.max_steps` has no setter, the epoch loop's does."""
     trainer.fit_loop.epoch_loop.max_steps = value
+
+
+def set_sigterm(trainer: Trainer, received: bool) -> None:
+    """Set whether Lightning acts on a SIGTERM it received (`trainer.received_sigterm` has no setter).
+
+    Lightning 2.6 stops a validation inside fit at its next batch on SIGTERM, and a run resumed from
+    there never runs that validation again (its best-checkpoint choice and curves lose it), so
+    `SaveOnInterrupt` holds the signal back until the validation ends.
+    """
+    trainer._signal_connector.received_sigterm = received
 
 
 def is_compiled(module: torch.nn.Module) -> bool:
