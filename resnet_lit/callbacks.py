@@ -363,10 +363,10 @@ class SaveOnInterrupt(Callback):
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         # A validation inside fit runs to its end before the stop: Lightning would stop it at the
         # next batch, and the resumed run would never validate that epoch (compat.set_sigterm).
-        if self.enabled and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            if trainer.received_sigterm:
-                compat.set_sigterm(trainer, False)
-                self._held = True
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if self.enabled and fitting and trainer.received_sigterm:
+            compat.set_sigterm(trainer, False)
+            self._held = True
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._held:
