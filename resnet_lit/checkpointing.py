@@ -149,6 +149,8 @@ def _try_load(path: Path, map_location: Any, lightning: bool = True) -> tuple[An
         return None, "its contents cannot be unpickled"
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         return None, _first_sentence(err)
+    except Exception as err:  # torch's legacy reader on a file torch.save did not write (a text file: KeyError)
+        return None, f"torch.load cannot read it ({type(err).__name__} {_first_sentence(err)}): not from torch.save"
     if lightning and (not isinstance(checkpoint, dict) or "state_dict" not in checkpoint):
         return None, "it holds no state_dict, so it is not a Lightning checkpoint"
     return checkpoint, None

@@ -62,6 +62,7 @@ class ResNetCLI(LightningCLI):
     def __init__(self, args: ArgsType = None, run: bool = True) -> None:
         self._checkpoint: CheckpointSettings | None = None
         self._resume_version: int | None = None
+        self._runs = run
         super().__init__(
             ResNetClassifier,
             InMemoryImageDataModule,
@@ -205,6 +206,8 @@ class ResNetCLI(LightningCLI):
         super().instantiate_classes()
         settings = self._checkpoint
         if settings is None:
+            if self._runs:  # before the run writes anything: weights it refuses leave nothing on disk
+                self.model.load_init_weights()  # (with run=False, the Trainer loads them when it starts)
             return
         self._refuse_other_network(network_differences(self.model.hparams, settings.model))
         check_weights_fit(settings, self.model)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torch.optim.swa_utils import get_ema_multi_avg_fn
@@ -17,7 +18,7 @@ from resnet_lit import compat
 from resnet_lit.errors import BadInput
 from resnet_lit.models import build
 from resnet_lit.schedules import Schedule, end_warmup, warming_up
-from resnet_lit.weights import init_weights as load_init_weights
+from resnet_lit.weights import init_weights as weights_into
 
 ScheduleName = Literal["multistep", "step", "cosine", "onecycle", "constant"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -314,12 +315,24 @@ class ResNetClassifier(LightningModule):
         self._load_init_weights()
 
     def _load_init_weights(self) -> None:
-        """`init_weights`, once, where no checkpoint gives the weights (a new fit, or an untrained evaluation)."""
+        """`init_weights` where no checkpoint gives the weights (a new fit, or an untrained evaluation)."""
+        if self.trainer.ckpt_path is None:
+            self.load_init_weights()
+
+    def load_init_weights(self) -> None:
+        """Load `init_weights` into the network now, once (later calls do nothing); says what it adapted.
+
+        The CLI calls it before the run folder is claimed, so weights it refuses leave nothing on
+        disk; a Trainer used directly loads them when it starts.
+
+        Raises:
+            BadInput: the weights cannot be read, or are not of this network.
+        """
         hp = self.hparams
-        if hp.init_weights is None or self.trainer.ckpt_path is not None or getattr(self, "_initialised", False):
+        if hp.init_weights is None or getattr(self, "_initialised", False):
             return
-        for line in load_init_weights(self.net, hp.init_weights, hp.arch, hp.stride_in_1x1):
-            self.print(line)
+        for line in weights_into(self.net, hp.init_weights, hp.arch, hp.stride_in_1x1):
+            rank_zero_only(print)(line)
         if self.ema_net is not None:
             self.ema_net.load_state_dict(self.net.state_dict())  # the average starts from them too
         self._initialised = True

@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnet_lit.responses", description=__doc__.splitlines()[0])
     parser.add_argument("ckpts", nargs="*", metavar="CKPT", help="checkpoints of python -m resnet_lit fit")
     parser.add_argument("--save", type=Path, help="also write what was measured to this JSON file (for --load)")
-    parser.add_argument("--load", type=Path, help="redraw from a file --save wrote, instead of checkpoints")
+    parser.add_argument(
+        "--load", type=Path, nargs="+", help="redraw from files --save wrote (one or more), instead of checkpoints"
+    )
     parser.add_argument("--out", type=Path, help="the figure to write (PNG, PDF, SVG: by the suffix)")
     parser.add_argument("--table", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--logdir", type=Path, help="also write the curves here for TensorBoard")
@@ -283,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             return say_refusal(INSTALL_PLOT)
     try:
-        measured = load(args.load) if args.load else [measure(c, args.data_dir, args.batch_size) for c in args.ckpts]
+        if args.load:
+            measured = [entry for path in args.load for entry in load(path)]
+        else:
+            measured = [measure(c, args.data_dir, args.batch_size) for c in args.ckpts]
     except BadInput as err:
         return say_refusal(str(err))
     if args.save:

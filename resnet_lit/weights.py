@@ -38,9 +38,15 @@ def init_weights(net: nn.Module, source: str, arch: str, stride_in_1x1: bool = T
     if name:
         state, origin = _torchvision_state(source, name.group(1), arch, stride_in_1x1), "torchvision"
     else:
-        state, origin = _file_state(Path(source))
+        state, origin = _file_state(Path(source), arch)
     if origin == "akamaster":
-        state = _akamaster_to_ours(state, net)
+        try:
+            state = _akamaster_to_ours(state, net)
+        except (KeyError, IndexError, RuntimeError) as err:  # a tensor missing, or of another shape
+            raise BadInput(
+                f"model.init_weights {source!r} looks like akamaster's layout (module.linear) but is not a whole "
+                f"network of it ({type(err).__name__}: {err}): give a checkpoint their training script saved"
+            ) from err
     return _load_adapting(net, state, f"{source} ({origin})")
 
 
@@ -57,7 +63,12 @@ def _torchvision_state(source: str, family: str, arch: str, stride_in_1x1: bool)
             f"torchvision's {source} were trained with the stride in the bottlenecks' 3x3 conv (its v1.5): "
             "add --model.stride_in_1x1 false so they compute what they were trained for"
         )
-    weights = get_weight(source)
+    try:
+        weights = get_weight(source)
+    except (KeyError, ValueError) as err:  # an enum torchvision lacks, or a name its enum lacks
+        raise BadInput(
+            f"model.init_weights {source} is not a torchvision weights name ({_known_torchvision(family)})"
+        ) from err
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
@@ -68,16 +79,34 @@ def _torchvision_state(source: str, family: str, arch: str, stride_in_1x1: bool)
         ) from err
 
 
-def _file_state(path: Path) -> tuple[dict[str, Tensor], str]:
-    """The tensors of a saved state dict or checkpoint, and whose layout they are in."""
+def _known_torchvision(family: str) -> str:
+    from torchvision.models import get_model_weights
+
+    try:
+        names = [w.name for w in get_model_weights(family.lower())]
+    except (KeyError, ValueError):
+        return "torchvision's ResNets are ResNet18, 34, 50, 101 and 152"
+    return f"{family}_Weights has {', '.join(names)}"
+
+
+def _file_state(path: Path, arch: str) -> tuple[dict[str, Tensor], str]:
+    """The tensors of a saved state dict or checkpoint, and whose layout they are in.
+
+    A checkpoint of this project names its network: another one (plain8's weights into resnet8
+    have the same shapes and another function) is refused. A run with a weight average was
+    evaluated and selected with the average, so the average is what it gives.
+    """
     if not path.is_file():
         raise BadInput(
             f"model.init_weights {str(path)!r} is neither a file nor a torchvision weights name "
             "(like ResNet18_Weights.IMAGENET1K_V1)"
         )
-    from resnet_lit.checkpointing import read_weights_only
+    from resnet_lit.checkpointing import CheckpointError, read_weights_only
 
-    saved = read_weights_only(path)
+    try:
+        saved = read_weights_only(path)
+    except CheckpointError as err:
+        raise BadInput(f"model.init_weights: {err}") from err
     state = saved.get("state_dict", saved) if isinstance(saved, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise BadInput(f"model.init_weights {str(path)!r} holds no state dict of tensors")
@@ -85,7 +114,16 @@ def _file_state(path: Path) -> tuple[dict[str, Tensor], str]:
     if all(k.startswith("module.") for k in keys) and any(k.startswith("module.linear.") for k in keys):
         return {k.removeprefix("module."): v for k, v in state.items()}, "akamaster"
     if any(k.startswith("net.") for k in keys):  # a checkpoint of this project: the network is `net`
-        return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, "resnet_lit"
+        hparams = saved.get("hyper_parameters") if isinstance(saved.get("hyper_parameters"), dict) else {}
+        source_arch = hparams.get("arch")
+        if source_arch is not None and source_arch != arch:
+            raise BadInput(
+                f"model.init_weights {str(path)!r} holds a {source_arch}; this network is {arch}: pass "
+                f"--model.arch {source_arch}, or give {arch}'s weights"
+            )
+        prefix = "ema_net." if any(k.startswith("ema_net.") for k in keys) else "net."
+        origin = "resnet_lit, its weight average" if prefix == "ema_net." else "resnet_lit"
+        return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}, origin
     if any(k.startswith("fc.") for k in keys) and any(k.startswith("layer1.") for k in keys):
         return state, "a state dict of this family"
     raise BadInput(

@@ -111,6 +111,10 @@ def test_saved_responses_redraw_without_the_checkpoints(trained, fashion_root, t
     assert responses.main(args) == 0
     assert responses.main(["--load", str(saved), "--table", str(again), "--out", str(tmp_path / "f.png")]) == 0
     assert first.read_text() == again.read_text()
+    # Several saved files make one table, each network's checkpoints pooled (here the same one twice).
+    assert responses.main(["--load", str(saved), str(saved), "--table", str(again)]) == 0
+    row = next(line for line in again.read_text().splitlines() if line.startswith("| resnet") or "ResNet" in line)
+    assert row.split("|")[2].strip() == "2", row
     capsys.readouterr()
     assert responses.main([str(_ckpt(trained)), "--load", str(saved)]) == 2
     assert responses.main(["--load", str(first)]) == 2

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from helpers import refused, snapshot
 from torch import nn
 
 from resnet_lit.cli import ResNetCLI
@@ -191,3 +192,57 @@ def test_torchscript_and_state_dict_exports_reload(trained, tmp_path, fmt):
             x = images.float() * saved["preprocessing"]["scale"] + saved["preprocessing"]["shift"]
             got = net.eval()(x).softmax(1)
     torch.testing.assert_close(got, expected)
+
+
+# --- weights that are refused: one line, nothing on disk ---------------------------------------------
+
+
+def _malformed_akamaster(path):
+    # their key names, but only two tensors of a whole network
+    torch.save({"module.linear.weight": torch.zeros(10, 64), "module.conv1.weight": torch.zeros(16, 1, 3, 3)}, path)
+
+
+BAD_SOURCES = {
+    "a text file": ("resnet8", lambda p: p.write_text("hello\n"), "cannot be read: torch.load cannot read it"),
+    "a name torchvision's enum lacks": ("resnet18", "ResNet18_Weights.BOGUS", "ResNet18_Weights has IMAGENET1K_V1"),
+    "an enum torchvision lacks": ("resnet20", "ResNet20_Weights.IMAGENET1K_V1", "ResNets are ResNet18, 34, 50"),
+    "a malformed akamaster dict": ("resnet20", _malformed_akamaster, "looks like akamaster's layout"),
+}
+
+
+@pytest.mark.parametrize("arch, source, says", BAD_SOURCES.values(), ids=BAD_SOURCES)
+def test_refused_init_weights_say_why_in_one_line_and_leave_no_run_folder(
+    in_tmp, data_args, capsys, arch, source, says
+):
+    if callable(source):
+        source(in_tmp / "weights.pt")
+        source = "weights.pt"
+    before = snapshot(in_tmp)
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]  # if not
+    fit = ["fit", f"--model.arch={arch}", f"--model.init_weights={source}", *short, *QUIET, *data_args]
+    line = refused(capsys, fit)
+    assert says in line and "init_weights" in line, line
+    assert snapshot(in_tmp) == before  # no lightning_logs/version_0 with a config.yaml and an events file
+
+
+def test_a_checkpoint_of_another_network_is_refused_even_with_the_same_shapes(trained, in_tmp, data_args, capsys):
+    ckpt = next((trained / "lightning_logs/version_0/checkpoints").glob("last.ckpt"))  # a resnet8
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]  # if not
+    line = refused(capsys, ["fit", "--model.arch=plain8", f"--model.init_weights={ckpt}", *short, *QUIET, *data_args])
+    assert "holds a resnet8; this network is plain8: pass --model.arch resnet8" in line
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_a_checkpoint_with_a_weight_average_gives_the_average(tmp_path):
+    from resnet_lit.module import ResNetClassifier
+
+    run = ResNetClassifier(arch="resnet8", ema_decay=0.99)
+    with torch.no_grad():
+        for p in run.ema_net.parameters():
+            p.add_(1.0)  # the average and the raw weights now differ everywhere
+    torch.save({"state_dict": run.state_dict(), "hyper_parameters": {"arch": "resnet8"}}, tmp_path / "ema.ckpt")
+    net = build("resnet8", in_channels=1, num_classes=10)
+    lines = init_weights(net, str(tmp_path / "ema.ckpt"), "resnet8")
+    assert "its weight average" in lines[0]
+    for (name, ours), averaged in zip(net.state_dict().items(), run.ema_net.state_dict().values(), strict=True):
+        assert torch.equal(ours, averaged), name
