@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-$PY -m resnet_lit.report results/degradation-cpu-seeds12/{plain20,plain56,r20,r56}-s{1,2} \
+# Claims 1 and 2: the compressed degradation study, seeds 0, 1 and 2.
+$PY -m resnet_lit.report results/degradation-cpu/{plain20,plain56,r20,r56}-s{0,1,2} \
     --out docs/degradation_seeds.png --table docs/degradation_seeds.md
-if [ -f results/responses-seeds12/responses.json ]; then
-    $PY -m resnet_lit.responses --load results/responses-seeds12/responses.json \
-        --out docs/responses_compressed.png --table docs/responses_compressed.md
-fi
+# Claim 4: the layer responses of those runs' last checkpoints.
+$PY -m resnet_lit.responses --load results/responses-seed0/responses.json results/responses-seeds12/responses.json \
+    --out docs/responses_compressed.png --table docs/responses_compressed.md
