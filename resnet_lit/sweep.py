@@ -21,31 +21,46 @@ every fit and test (`--trainer.max_epochs 3`, `--data.data_dir X`).
   a fit that finished is not repeated for a test that failed.
 - A folder started with other arguments (another config, other extra arguments) is refused
   rather than mixing two settings in one folder: delete it (or pick another --root).
-- SIGTERM or Ctrl-C stops every run (each saves its last.ckpt); the same command resumes them.
+- A run is claimed by one sweep at a time (a lock on `sweep.lock` in its folder, released when
+  that sweep ends or dies): the same sweep started twice in one root leaves each run to the
+  first that took it, and says so.
+- SIGTERM or Ctrl-C stops every run (each saves its last.ckpt) and says what each did; the same
+  command resumes them.
 """
 
 import argparse
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from resnet_lit import report
+from resnet_lit.checkpointing import CheckpointError
 from resnet_lit.errors import say_refusal
-from resnet_lit.runs import version_number
+from resnet_lit.runs import newest_checkpoint
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 # In each run's folder: the arguments it was started with, then a marker per finished stage.
 SETTINGS = "sweep.json"
 FIT_DONE = "fit.json"  # the fit finished; the test had not (yet)
 DONE = "done"  # fit and test finished: timings, commands, the fit's log folder and best checkpoint
+LOCK = "sweep.lock"  # locked by the sweep running the run; who holds it (pid, host) inside
 RESERVED = ("--trainer.default_root_dir", "--ckpt_path", "--config", "-c")  # the sweep sets these per run
 SEEDED = ("--seed_everything",)  # set per run with --seeds
 
@@ -70,6 +85,38 @@ class Job:
 
 class RunFailed(Exception):
     """A run's fit or test failed; the message says which and where its log is."""
+
+
+class RunClaimed(Exception):
+    """Another sweep is running this run."""
+
+
+class RunStopped(Exception):
+    """A run's process ended on SIGTERM or Ctrl-C; the message says whether it saved, and where."""
+
+
+@contextmanager
+def claimed(job: Job) -> Iterator[None]:
+    """Hold the run's lock while the block runs; RunClaimed where another sweep holds it.
+
+    The lock is the operating system's (flock): it ends with the process that held it, so a sweep
+    that was killed leaves no stale claim behind.
+    """
+    job.folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(job.folder / LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise RunClaimed(f"{job.name}: being run by another sweep ({holder}); left to it") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
 
 
 def jobs_for(configs: list[Path], root: Path, seeds: list[int] | None = None) -> list[Job]:
@@ -126,20 +173,24 @@ def run_job(job: Job, extra: list[str], python: list[str]) -> dict:
 
 
 def _fit(job: Job, extra: list[str], python: list[str]) -> dict:
-    resume = _last_checkpoint(job.folder) is not None
+    resume = newest_checkpoint(job.folder, "last") is not None
     command = [*python, "fit", "--config", str(job.config), *_base(job), *extra]
     if resume:  # an interrupted fit: go on from its last.ckpt, in its log folder (resnet_lit.cli)
         command += ["--ckpt_path", "last"]
     fit_seconds = _call(
         command, job.folder / "fit.log", f"{job.name}: fit" + (" (resuming)" if resume else ""), job.env
     )
-    last = _last_checkpoint(job.folder)
+    last = newest_checkpoint(job.folder, "last")
     if last is None:
         raise RunFailed(f"{job.name}: fit wrote no checkpoint (see {job.folder / 'fit.log'})")
+    try:  # the project's checked reader: a damaged checkpoint is this run's failure, in one line
+        best = newest_checkpoint(job.folder, "best") or last
+    except CheckpointError as err:
+        raise RunFailed(f"{job.name}: {err}") from err
     return {
         "config": str(job.config),
         "fit_dir": str(last.parents[1]),
-        "best_ckpt": str(_best_checkpoint(last)),
+        "best_ckpt": str(best),
         "fit_seconds": round(fit_seconds, 1),
         "fit_command": command,
     }
@@ -174,6 +225,8 @@ def _call(command: list[str], log: Path, what: str, env: dict[str, str] | None =
         finally:
             _children.discard(process)
     seconds = time.monotonic() - start
+    if code in (130, 128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGINT) and _stopped_by is not None:
+        raise RunStopped(_what_it_did(what, log, code, log.parent))
     if code != 0:
         raise RunFailed(f"{what} failed with exit code {code} after {seconds:.0f} s; {_last_line(log)} (log: {log})")
     _say(f"{what}: {seconds:.0f} s")
@@ -208,21 +261,19 @@ def _last_line(log: Path) -> str:
     return f"last line: {lines[-1]!r}" if lines else "no output"
 
 
-def _last_checkpoint(folder: Path) -> Path | None:
-    """The newest run's last.ckpt under folder/lightning_logs/version_*/checkpoints/."""
-    found = folder.glob("lightning_logs/version_*/checkpoints/last.ckpt")
-    return max(found, key=lambda last: version_number(last.parents[1]), default=None)
+SAVED = re.compile(r"^(?:SIGTERM|Ctrl-C): (stopped at epoch \d+, step \d+) and saved (\S+);", re.MULTILINE)
 
 
-def _best_checkpoint(last: Path) -> Path:
-    """The checkpoint the run's ModelCheckpoint judged best (by val/acc), as recorded in last.ckpt; else last.ckpt."""
-    state = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
-    for value in state.values():
-        if isinstance(value, dict) and value.get("best_model_path"):  # a ModelCheckpoint's state
-            best = Path(value["best_model_path"])
-            if best.is_file():
-                return best
-    return last
+def _what_it_did(what: str, log: Path, code: int, folder: Path) -> str:
+    """One line on a run stopped by a signal: where it saved, or that it did not and what the rerun does."""
+    text = log.read_text(errors="replace")
+    start = text.rfind("\n$ ")  # this process's part of the log (a log holds every attempt)
+    saved = list(SAVED.finditer(text[start:] if start >= 0 else text))
+    if saved:
+        return f"{what} {saved[-1].group(1)}, saved {saved[-1].group(2)}"
+    last = newest_checkpoint(folder, "last")
+    rerun = f"the rerun goes on from {last}" if last else "the rerun starts it over (no checkpoint yet)"
+    return f"{what} stopped without saving (exit {code}); {rerun}"
 
 
 def _read_json(path: Path) -> dict:
@@ -280,7 +331,9 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
         return say_refusal(str(err))
 
     assign_devices(jobs, args.jobs)
-    results: dict[int, Path | str] = {}
+    results: dict[int, Path | str] = {}  # a finished run's log folder, or why it failed
+    stopped: dict[int, str] = {}  # what a run stopped by a signal did
+    left: list[str] = []  # runs another sweep is running
 
     def run(i: int, job: Job) -> None:
         if _stopped_by is not None:
@@ -288,7 +341,15 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
         where = f", GPU {job.env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in job.env else ""
         _say(f"[{i + 1}/{len(jobs)}] {job.name} ({job.config}{where})")
         try:
-            done = run_job(job, extra, python)
+            with claimed(job):
+                done = run_job(job, extra, python)
+        except RunClaimed as err:
+            _say(str(err))
+            left.append(job.name)
+            return
+        except RunStopped as err:
+            stopped[i] = str(err)
+            return
         except RunFailed as err:
             _say(f"FAILED: {err}")
             results[i] = str(err)
@@ -303,7 +364,9 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
     finally:
         stop()
     if _stopped_by is not None:
-        print(f"{_stopped_by}: every run saved its last.ckpt; the same command resumes them", file=sys.stderr)
+        print(f"{_stopped_by}: stopped; the same command resumes what is unfinished", file=sys.stderr)
+        for i in sorted(stopped):
+            print(f"- {stopped[i]}", file=sys.stderr)
         return 130 if _stopped_by == "Ctrl-C" else 128 + signal.SIGTERM
     finished = [results[i] for i in sorted(results) if isinstance(results[i], Path)]
     failures = [results[i] for i in sorted(results) if isinstance(results[i], str)]
@@ -315,6 +378,8 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
         report_args += ["--table", str(args.table)] if args.table else []
         print(f"\nreport on {len(finished)} run(s):", flush=True)
         code = report.main(report_args)
+    if left:
+        print(f"\n{len(left)} run(s) left to the sweep running them: {', '.join(left)}", flush=True)
     if failures:
         print(f"\n{len(failures)} of {len(jobs)} run(s) failed:", file=sys.stderr)
         for failure in failures:

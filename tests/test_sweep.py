@@ -2,9 +2,11 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -154,7 +156,9 @@ def test_a_sweep_of_parallel_jobs_stopped_and_rerun_finishes_every_run_exactly(t
     process.send_signal(signal.SIGTERM)  # as a scheduler stops the sweep
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 143, output
-    assert "SIGTERM: every run saved its last.ckpt" in output
+    assert "SIGTERM: stopped; the same command resumes what is unfinished" in output
+    for name in ("r8", "p8"):  # what each run did, in a line
+        assert re.search(rf"- {name}: fit stopped at epoch \d+, step \d+, saved \S*runs/{name}/\S+last.ckpt", output)
     stopped_at = [torch.load(last, weights_only=True)["global_step"] for last in lasts]
     assert all(0 < step < 30 for step in stopped_at), stopped_at
 
@@ -166,3 +170,73 @@ def test_a_sweep_of_parallel_jobs_stopped_and_rerun_finishes_every_run_exactly(t
         assert torch.load(last, weights_only=True)["global_step"] == 30
         assert (tmp_path / f"runs/{name}/done").is_file()
         assert not list(last.parent.glob("last-v*.ckpt"))
+
+
+# --- claims, stops and damaged checkpoints, with a stand-in for python -m resnet_lit ----------------
+
+FAKE_RUN = """
+import signal, sys, time
+from pathlib import Path
+Path("calls").open("a").write(" ".join(sys.argv[1:3]) + "\\n")
+saves = "saver" in " ".join(sys.argv)
+def stop(*_):
+    if saves:  # as SaveOnInterrupt says it
+        print("SIGTERM: stopped at epoch 0, step 3 and saved runs/saver/last.ckpt; continue with --ckpt_path last")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+print("started", flush=True)
+time.sleep(float(sys.argv[-1]) if sys.argv[-1].replace(".", "").isdigit() else 0)
+"""
+
+
+@pytest.fixture
+def fake_run(tmp_path, monkeypatch):
+    """`python` for sweep.main: a process that records its call, waits, and on SIGTERM exits 143."""
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "fake_run.py"
+    script.write_text(FAKE_RUN)
+    return [sys.executable, str(script)]
+
+
+def test_a_sigterm_says_what_each_run_did(tmp_path, fake_run, capsys):
+    configs = [write_config(tmp_path, name, "resnet8") for name in ("saver", "aborter")]
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = sweep.main([*map(str, configs), "--jobs", "2", "--sleep", "30"], python=fake_run)
+    finally:
+        timer.cancel()
+    assert code == 143
+    err = capsys.readouterr().err
+    assert "- saver: fit stopped at epoch 0, step 3, saved runs/saver/last.ckpt" in err
+    assert "- aborter: fit stopped without saving (exit 143); the rerun starts it over (no checkpoint yet)" in err
+    assert "every run saved" not in err
+
+
+def test_a_run_another_sweep_holds_is_left_to_it(tmp_path, fake_run, capsys):
+    import fcntl
+
+    config = write_config(tmp_path, "r8", "resnet8")
+    (tmp_path / "runs/r8").mkdir(parents=True)
+    with open(tmp_path / "runs/r8/sweep.lock", "a+") as held:  # as a first sweep holds it while it runs
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 12345 on node7\n")
+        held.flush()
+        assert sweep.main([str(config)], python=fake_run) == 0
+    out = capsys.readouterr().out
+    assert "r8: being run by another sweep (pid 12345 on node7); left to it" in out
+    assert "1 run(s) left to the sweep running them: r8" in out
+    assert not (tmp_path / "calls").exists()  # nothing was started for it
+    assert not (tmp_path / "runs/r8/sweep.json").exists()
+
+
+def test_a_damaged_checkpoint_fails_its_run_in_one_line(tmp_path, fake_run, capsys):
+    config = write_config(tmp_path, "r8", "resnet8")
+    checkpoints = tmp_path / "runs/r8/lightning_logs/version_0/checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.ckpt").write_bytes(b"PK\x03\x04 not a whole zip")
+    assert sweep.main([str(config), str(write_config(tmp_path, "other", "resnet8"))], python=fake_run) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"- r8: checkpoint '\S+last.ckpt' is damaged", err), err
+    assert "fit --config" in (tmp_path / "calls").read_text()  # the other run still ran
