@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from resnet_lit.checkpointing import CheckpointError, load_checkpoint
 from resnet_lit.errors import BadInput
 from resnet_lit.models import NETWORK_KEYS
@@ -83,6 +85,7 @@ def read_settings(path: str) -> CheckpointSettings:
             f"{path} is not a checkpoint of resnet_lit's ResNetClassifier: its hyperparameters "
             f"{', '.join(foreign)} are not ResNetClassifier's; give a checkpoint that python -m resnet_lit fit wrote"
         )
+    _check_lightning_version(checkpoint.get("pytorch-lightning_version"), path)
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     data_class = _allowed_data_class(data.get("_class_path"), path)
     data = {key: value for key, value in _public(data).items() if key not in USER_ONLY}
@@ -104,6 +107,25 @@ def read_settings(path: str) -> CheckpointSettings:
         data_dir_missing=missing,
         shapes=shapes,
     )
+
+
+def _check_lightning_version(version: Any, path: str) -> None:
+    """Refuse what Lightning's own checkpoint migration would fail on, before anything is written.
+
+    Lightning reads `pytorch-lightning_version` to upgrade an older checkpoint's layout; missing or
+    malformed, it fails with a traceback, and resnet_lit's checkpoints come from Lightning 2.
+    """
+    hint = "give a checkpoint that python -m resnet_lit fit wrote"
+    if not isinstance(version, str):
+        raise ResumeError(f"{path} records no Lightning version (pytorch-lightning_version); {hint}")
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        raise ResumeError(f"{path} records Lightning version {version!r}, which is not a version; {hint}") from None
+    if parsed < Version("2.0"):
+        raise ResumeError(
+            f"{path} was written by Lightning {version}; resnet_lit's checkpoints come from Lightning 2 on; {hint}"
+        )
 
 
 def network_differences(

@@ -98,6 +98,19 @@ FOREIGN = {
         lambda c: c["state_dict"].update({"net.fc.bias": torch.zeros(3)}),
         "has other shapes for 1 tensor(s) (net.fc.bias)",
     ),
+    # what Lightning's checkpoint migration would end on in a traceback, with a run folder left
+    "a Lightning 1 checkpoint": (
+        lambda c: c.update({"pytorch-lightning_version": "1.0.0"}),
+        "was written by Lightning 1.0.0; resnet_lit's checkpoints come from Lightning 2 on",
+    ),
+    "a malformed Lightning version": (
+        lambda c: c.update({"pytorch-lightning_version": "two point six"}),
+        "records Lightning version 'two point six', which is not a version",
+    ),
+    "no Lightning version": (
+        lambda c: c.pop("pytorch-lightning_version"),
+        "records no Lightning version (pytorch-lightning_version)",
+    ),
 }
 
 
