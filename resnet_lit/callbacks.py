@@ -259,15 +259,24 @@ class StopOnNonFiniteLoss(Callback):
     rate.) With an optimizer that cannot skip on the device (not fused), the loss is read every
     step instead and training stops before the bad step's update. Under DDP the flag is
     all-reduced, so every process skips and stops together.
+
+    Args:
+        enabled: False turns it off (with a warning): a non-finite loss then updates the weights
+            and training goes on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._pending: list[tuple[int, int, Tensor, Tensor, list]] = []  # (step, epoch, bad, loss, lrs)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._pending = []
+        if not self.enabled:
+            rank_zero_warn("stop_on_nan.enabled is false: a NaN or infinite loss updates the weights; training goes on")
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
+        if not self.enabled:
+            return
         loss = loss.detach()
         bad = (~torch.isfinite(loss)).float()
         if trainer.world_size > 1 and dist.is_initialized():

@@ -155,3 +155,41 @@ def test_every_readme_command_runs_as_written_in_order(tmp_path, monkeypatch, fa
         for argv in split_command(command):
             argv = [a.replace("SOMEWHERE", str(root)) for a in argv]
             run(argv, standin)
+
+
+# The CLI's option groups; an inline `--group.option value` in the docs names one of their options.
+CLI_GROUPS = ("trainer", "model", "data", "insight", "stop_on_nan", "save_on_interrupt", "predictions")
+
+
+def inline_switches(text: str) -> list[list[str]]:
+    """The inline code spans of the docs that give options of `python -m resnet_lit`, each split."""
+    spans = [shlex.split(span) for span in re.findall(r"`(--[^`]+)`", text)]
+    return [span for span in spans if span[0].split(".", 1)[0].removeprefix("--") in CLI_GROUPS]
+
+
+def test_every_switch_the_docs_name_inline_exists(capsys):
+    known: set[str] = set()
+    helps = [["fit", "--help"], ["predict", "--help"]]
+    helps += [["fit", "--data.help", data] for data in ("FashionMNISTDataModule", "CIFAR10DataModule")]
+    for args in helps:
+        with pytest.raises(SystemExit):
+            main(args)
+        known |= set(re.findall(r"(--[\w.]+)", capsys.readouterr().out))
+    docs = [README, *sorted((REPO / "docs").glob("*.md"))]
+    switches = [span for path in docs for span in inline_switches(path.read_text())]
+    assert any(span[0] == "--stop_on_nan.enabled" for span in switches)  # the one that was missing
+    unknown = sorted(
+        {option for span in switches for option in span if option.startswith("--") and "*" not in option} - known
+    )
+    assert not unknown, f"options the docs name that no --help lists: {unknown}"
+
+
+def test_the_readmes_off_switches_turn_their_callbacks_off(tmp_path, monkeypatch, fashion_root, capsys):
+    from resnet_lit.callbacks import SaveOnInterrupt, StopOnNonFiniteLoss
+    from resnet_lit.cli import ResNetCLI
+
+    monkeypatch.chdir(tmp_path)
+    data = [f"--data.data_dir={fashion_root}", "--data.download=false", "--data.val_size=100"]
+    cli = ResNetCLI(args=["--stop_on_nan.enabled", "false", "--save_on_interrupt.enabled", "false", *data], run=False)
+    guards = [c for c in cli.trainer.callbacks if isinstance(c, (StopOnNonFiniteLoss, SaveOnInterrupt))]
+    assert len(guards) == 2 and not any(guard.enabled for guard in guards)
