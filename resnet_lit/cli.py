@@ -5,7 +5,6 @@ python -m resnet_lit test --ckpt_path lightning_logs/version_0/checkpoints/last.
 """
 
 import difflib
-import inspect
 import logging
 import os
 import re
@@ -63,6 +62,7 @@ class ResNetCLI(LightningCLI):
         self._checkpoint: CheckpointSettings | None = None
         self._resume_version: int | None = None
         self._runs = run
+        self._parsers: list[LightningArgumentParser] = []  # each subcommand's, for "did you mean"
         super().__init__(
             ResNetClassifier,
             InMemoryImageDataModule,
@@ -83,6 +83,7 @@ class ResNetCLI(LightningCLI):
         return super().init_parser(exit_on_error=False, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self._parsers.append(parser)
         parser.set_defaults({"data": {"class_path": f"{FashionMNISTDataModule.__module__}.FashionMNISTDataModule"}})
         for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
@@ -114,7 +115,7 @@ class ResNetCLI(LightningCLI):
         with, and `fit --ckpt_path last` alone continues the run as it was; anything given
         explicitly still wins, and is checked against the checkpoint (`resnet_lit.resume`).
         """
-        super().parse_arguments(parser, args)
+        self._parse(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand is None:
             return
@@ -129,7 +130,7 @@ class ResNetCLI(LightningCLI):
             raise type(err)(f"--ckpt_path {resolved.named_as}: {err}") from err
         self._checkpoint = settings
         compat.set_subcommand_defaults(self, subcommand, checkpoint_defaults(subcommand, settings))
-        super().parse_arguments(parser, args)
+        self._parse(parser, args)
         config = self.config[subcommand]
         config.ckpt_path = resolved.path
         self._resume_version = resolved.version  # fit --ckpt_path last: go on logging in that run's folder
@@ -139,6 +140,29 @@ class ResNetCLI(LightningCLI):
                 f"{resolved.path} was trained on data in {settings.data_dir_missing!r}, which does not exist here: "
                 "give the folder that holds the data with --data.data_dir"
             )
+
+    def _parse(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            err.known_options = self.known_options()  # for main()'s "did you mean"
+            raise
+
+    def known_options(self) -> list[str]:
+        """Every option the subcommands take, `--group.name`, read from their parsers.
+
+        A data module's options (`data.init_args.batch_size` in the parser) are also given as
+        users write them, `--data.batch_size`.
+        """
+        options: set[str] = set()
+        for parser in self._parsers:
+            try:
+                keys = parser.get_defaults().keys()
+            except Exception:  # a hint is not worth a second error: the message stands without it
+                continue
+            for key in keys:
+                options |= {f"--{key}", f"--{key.replace('.init_args.', '.')}"}
+        return sorted(options)
 
     def _parse_ckpt_path(self) -> None:
         """Replaced by `parse_arguments`, which lets explicit arguments win over the checkpoint.
@@ -364,7 +388,8 @@ def main(args: ArgsType = None) -> None:
     except SIGTERMException as stop:
         raise SystemExit(130 if getattr(stop, "signal_name", "") == "Ctrl-C" else 128 + signal.SIGTERM) from None
     except ArgumentError as err:
-        _refuse(err, _argument_message(str(err)), "--help lists the options", status=2)
+        known = getattr(err, "known_options", [])
+        _refuse(err, _argument_message(str(err), known), "--help lists the options", status=2)
     except NonFiniteLossError as err:
         _refuse(err, str(err), f"set {DEBUG_ENV}=1 for the traceback", status=1)
     except (BadInput, MisconfigurationException) as err:  # the project's refusals, and Lightning's of its settings
@@ -459,7 +484,7 @@ def _cause(err: BaseException) -> BaseException:
     return err
 
 
-def _argument_message(message: str) -> str:
+def _argument_message(message: str, known: list[str]) -> str:
     """jsonargparse's multi-line errors in one line: `--key expects float, got 'abc'`, `did you mean --model.arch?`.
 
     For a data module's option (`--data.download flase`) jsonargparse reports the option's parent
@@ -475,13 +500,14 @@ def _argument_message(message: str) -> str:
     if unknown:
         message = "unrecognized" + message[len("unrecognized") :]
         option = unknown.group(1).split("=", 1)[0]
-        known = _known_options()
         group, _, name = option.partition(".")
-        # The same group's options by their names (--model.archh: --model.arch), else the whole option
-        # (--modle.arch: --model.arch); a close prefix alone (--model.depth, --model.tta) is no match.
+        # The same group's options by their names (--model.archh: --model.arch, --data.random_erasing:
+        # --data.erasing), else the whole option (--modle.arch: --model.arch); a close prefix alone
+        # (--model.depth, --model.tta) is no match.
         names = [k.partition(".")[2] for k in known if k.startswith(f"{group}.")]
-        close = [f"{group}.{n}" for n in difflib.get_close_matches(name, names, n=1, cutoff=0.75)] if name else []
-        close = close or difflib.get_close_matches(option, known, n=1, cutoff=0.9)
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.75) if name else []
+        close = close or [n for n in names if name and "." not in n and name.endswith(f"_{n}")][:1]
+        close = [f"{group}.{n}" for n in close] or difflib.get_close_matches(option, known, n=1, cutoff=0.9)
         return message + (f"; did you mean {close[0]}?" if close else "")
     keys = re.findall(r'Parser key "([^"]+)":', message)
     if not keys:
@@ -494,22 +520,3 @@ def _argument_message(message: str) -> str:
     key = keys[-1] if len(keys) == 1 or keys[-1].startswith(f"{keys[0]}.") else f"{keys[0]}.{keys[-1]}"
     types = " or ".join(dict.fromkeys("null" if name == "NoneType" else name for name in expected))
     return f"--{key} expects {types}, got {given.group(1).strip()!r}"
-
-
-def _known_options() -> list[str]:
-    """Every `--group.name` option of the subcommands, from the classes' signatures."""
-    groups = {
-        "model": ResNetClassifier,
-        "data": FashionMNISTDataModule,
-        "trainer": Trainer,
-        "checkpoint": BestAndLastCheckpoint,
-        "lr_monitor": LearningRateMonitor,
-        "summary": ModelSummary,
-        "predictions": PredictionWriter,
-        "insight": Insight,
-    }
-    options = ["--config", "--ckpt_path", "--seed_everything", "--print_config"]
-    for group, cls in groups.items():
-        names = inspect.signature(cls.__init__).parameters
-        options += [f"--{group}.{name}" for name in names if name not in ("self", "args", "kwargs")]
-    return options

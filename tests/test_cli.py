@@ -182,6 +182,19 @@ ARGUMENT_ERRORS = {
         ["--data.batchsize=3"],
         "unrecognized arguments: --data.batchsize; did you mean --data.batch_size?",
     ),
+    # every option group is known: the names come from the parser, not from a list of classes
+    "a misspelt callback switch": (
+        ["--stop_on_nan.enabeld=false"],
+        "unrecognized arguments: --stop_on_nan.enabeld=false; did you mean --stop_on_nan.enabled?",
+    ),
+    "a misspelt callback group": (
+        ["--save_on_interupt.enabled=false"],
+        "unrecognized arguments: --save_on_interupt.enabled=false; did you mean --save_on_interrupt.enabled?",
+    ),
+    "a longer name for a data option": (
+        ["--data.random_erasing=0.5"],
+        "unrecognized arguments: --data.random_erasing; did you mean --data.erasing?",
+    ),
 }
 
 
