@@ -236,6 +236,11 @@ class ResNetCLI(LightningCLI):
         self._refuse_other_network(network_differences(self.model.hparams, settings.model))
         check_weights_fit(settings, self.model)
 
+    def before_fit(self) -> None:
+        warning = gpu_recipe_on_cpu(self.trainer, self.model)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+
     def _refuse_other_network(self, differences: list[str]) -> None:
         if not differences:
             return
@@ -423,6 +428,19 @@ QUIET_NOTICES = (
 
 def _drop_lightning_notices(record: logging.LogRecord) -> bool:
     return not any(pattern.fullmatch(str(record.getMessage())) for pattern in QUIET_NOTICES)
+
+
+def gpu_recipe_on_cpu(trainer: Trainer, model: ResNetClassifier) -> str | None:
+    """One line when a GPU recipe (CUDA graphs: compile mode reduce-overhead; configs/gpu/) runs on a CPU."""
+    hp = model.hparams
+    if trainer.strategy.root_device.type != "cpu" or not (hp.compile and hp.compile_mode == "reduce-overhead"):
+        return None
+    bf16 = " and bf16-mixed (emulated, and slower, on a CPU without AMX)" if "bf16" in str(trainer.precision) else ""
+    return (
+        f"a GPU recipe is running on a CPU: compile mode reduce-overhead{bf16}; its CUDA graphs do nothing here, "
+        "compiling takes a minute or more before the first step, and the run is far slower than the CPU "
+        "configs (configs/*.yaml); stop it with Ctrl-C unless that is what you want"
+    )
 
 
 def fit_summary(trainer: Trainer) -> str:

@@ -227,3 +227,17 @@ def test_predict_says_where_it_wrote(in_tmp, data_args, capsys):
     fit(data_args)
     main(["predict", "--ckpt_path=last", "--predictions.path=p.csv", *FAST])
     assert "predict: 200 predictions written to p.csv" in capsys.readouterr().out
+
+
+def test_a_gpu_recipe_on_a_cpu_says_so_in_one_line_before_training(in_tmp, data_args, capsys):
+    for config, warns in (("gpu/r20.yaml", True), ("r20.yaml", False)):
+        cli = ResNetCLI(
+            args=[f"--config={CONFIGS / config}", "--trainer.accelerator=cpu", *FAST, *data_args], run=False
+        )
+        cli.before_fit()  # what fit runs first
+        err = capsys.readouterr().err.strip().splitlines()
+        if warns:
+            assert len(err) == 1 and err[0].startswith("warning: a GPU recipe is running on a CPU: compile mode")
+            assert "bf16-mixed" in err[0]
+        else:
+            assert not err
