@@ -213,7 +213,10 @@ class ResNetCLI(LightningCLI):
             )
         kwargs["enable_checkpointing"] = True  # Lightning refuses False beside a ModelCheckpoint: removed below
         kwargs["enable_model_summary"] = False  # ours (depth 2) or none; Lightning would only say it skipped
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except ValueError as err:  # Lightning's check of a Trainer setting (num_nodes 0): before anything is written
+            raise BadInput(f"--trainer: {_first_line(err)}") from err
         unwanted = (
             (BestAndLastCheckpoint, not checkpointing),
             (ModelSummary, not summary),
@@ -367,12 +370,23 @@ def check_run_settings(subcommand: str, config: Namespace) -> None:
             "--weights_only false would let a checkpoint run code when it is loaded; resnet_lit's checkpoints "
             "hold plain data only, so drop the option"
         )
+    seed = config.get("seed_everything")
+    if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed < 2**32:
+        raise BadInput(f"--seed_everything must be from 0 to {2**32 - 1} (what numpy's generator takes), got {seed}")
     if subcommand != "fit":
         return
     for key in ("max_epochs", "max_steps"):
         value = config.trainer.get(key)
         if value is not None and (value == 0 or value < -1):
             raise BadInput(f"trainer.{key} must be positive (or -1 for no limit), got {value}")
+    model = config.model
+    accumulate = config.trainer.get("accumulate_grad_batches") or 1
+    if accumulate > 1 and model.get("compile") and model.get("compile_mode") == "reduce-overhead":
+        # Each micro-batch would overwrite the graph outputs the next one accumulates into (.grad).
+        raise BadInput(
+            f"--trainer.accumulate_grad_batches {accumulate} cannot run with CUDA graphs (--model.compile_mode "
+            "reduce-overhead): use a larger --data.batch_size instead, or --model.compile_mode default"
+        )
 
 
 def main(args: ArgsType = None) -> None:
@@ -456,6 +470,10 @@ def fit_summary(trainer: Trainer) -> str:
     best = _short(best)
     next_ = f"python -m resnet_lit test --ckpt_path {best}"
     return f"fit: done; run folder {folder}; best checkpoint {best}{said}; next: {next_}"
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _short(path: str) -> str:

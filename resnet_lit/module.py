@@ -190,8 +190,7 @@ class ResNetClassifier(LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
-        if self._graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # a new training step: earlier graph outputs are done
+        self._mark_step()
         logits = self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         # The batch's accuracy as one device tensor: not a logged Metric object (Lightning's bookkeeping
@@ -214,6 +213,7 @@ class ResNetClassifier(LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         images, targets = batch
+        self._mark_step()
         confidence, predicted = self._log_probabilities(images).exp().max(dim=1)
         return {"predicted": predicted, "confidence": confidence, "target": targets}
 
@@ -222,6 +222,7 @@ class ResNetClassifier(LightningModule):
     ) -> Tensor:
         """Loss and accuracy of a batch; returns the logits, which callbacks (resnet_lit.insight) read."""
         images, targets = batch
+        self._mark_step()
         # With tta, the log of the averaged probabilities: logits of that average (softmax gives it back).
         logits = self._log_probabilities(images) if self.hparams.tta else self(images)
         mean_loss.update(F.cross_entropy(logits, targets), weight=len(targets))
@@ -272,6 +273,18 @@ class ResNetClassifier(LightningModule):
                 # (torch.compile(net) would wrap it and prefix every key with "_orig_mod.").
                 # dynamic=False: one static graph per batch shape (training, evaluation, a last partial batch).
                 net.compile(dynamic=False, mode=self.hparams.compile_mode)
+
+    def _mark_step(self) -> None:
+        """Start a new CUDA-graph step: the previous step's graph outputs are done with.
+
+        Every step marks its start, evaluation and prediction too: once training has marked a step,
+        cudagraph trees advance only at marks, so unmarked evaluation batches would all be recorded
+        as children of the last training step. A training step is one batch: gradient accumulation,
+        whose micro-batches leave `.grad` (a graph output) to the next, is refused with CUDA graphs
+        (resnet_lit.cli.check_run_settings; pytorch issue 169545).
+        """
+        if self._graphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     @property
     def _graphs(self) -> bool:

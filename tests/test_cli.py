@@ -241,3 +241,32 @@ def test_a_gpu_recipe_on_a_cpu_says_so_in_one_line_before_training(in_tmp, data_
             assert "bf16-mixed" in err[0]
         else:
             assert not err
+
+
+def test_cuda_graphs_refuse_gradient_accumulation_in_one_line(in_tmp, data_args, capsys):
+    from helpers import refused
+
+    graphs = ["--model.compile=true", "--model.compile_mode=reduce-overhead"]
+    short = ["--trainer.max_steps=1", "--trainer.limit_val_batches=0"]  # if it were not refused
+    line = refused(capsys, ["fit", *graphs, "--trainer.accumulate_grad_batches=2", *short, *FAST, *data_args])
+    assert "--trainer.accumulate_grad_batches 2 cannot run with CUDA graphs" in line
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_every_step_marks_a_new_cuda_graph_step_training_evaluation_and_prediction(in_tmp, data_args, monkeypatch):
+    # On a CPU the marks are what can be checked: the graphs themselves run in tests/test_gpu.py.
+    from resnet_lit.module import ResNetClassifier
+
+    marks: list[str] = []
+    monkeypatch.setattr(ResNetClassifier, "_graphs", property(lambda self: True))
+    cli = ResNetCLI(args=["--model.arch=resnet8", "--trainer.max_epochs=1", *FAST, *data_args], run=False)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(cli.trainer.state.stage))
+    limits = {"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 2, "limit_predict_batches": 2}
+    for name, value in limits.items():
+        setattr(cli.trainer, name, value)
+    cli.trainer.num_sanity_val_steps = 0
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule)
+    counts = {stage: marks.count(stage) for stage in dict.fromkeys(marks)}
+    assert counts == {"train": 3, "validate": 2, "test": 2, "predict": 2}, counts
