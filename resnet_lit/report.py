@@ -220,6 +220,12 @@ def load_runs(paths: list[Path]) -> list[Run]:
 
 
 def _unique_names(runs: list[Run]) -> list[Run]:
+    """Runs of the same name are told apart by the folder above theirs (shortcut-B/r20-s0), else numbered."""
+    names = [run.name for run in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            root = run.folder.parent.parent if run.folder.parent.name == "lightning_logs" else run.folder.parent
+            run.name = f"{root.resolve().parent.name}/{run.name}"
     seen: dict[str, int] = {}
     for run in runs:
         seen[run.name] = seen.get(run.name, 0) + 1

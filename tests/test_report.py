@@ -279,6 +279,18 @@ def test_seeds_named_by_the_sweep_share_their_name(tmp_path):
     assert group.name == "r20" and report.markdown(runs).count("| r20 | 2 |") == 1
 
 
+def test_runs_of_the_same_name_in_two_studies_are_named_by_their_study(tmp_path):
+    val = {"val_acc": [(99, 0.9)]}
+    paths = [_seeded(tmp_path / study, f"r20-s{seed}", seed, **val) for study in ("A", "B") for seed in (1, 2)]
+    for path in paths[2:]:  # study B: another shortcut, another experiment
+        config_file = path / "lightning_logs/version_0/config.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["model"]["shortcut"] = "B"
+        config_file.write_text(yaml.safe_dump(config))
+    groups = report.group_runs(report.load_runs(paths))
+    assert [g.name for g in groups] == ["A/r20", "B/r20"]
+
+
 def test_a_band_per_group_of_seeds_in_the_figure(tmp_path):
     def curves(seed: int) -> dict:
         train = [(0, 0.1), (100, 0.5 + seed / 10), (200, 0.8)]
