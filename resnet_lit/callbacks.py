@@ -255,6 +255,10 @@ class StopOnNonFiniteLoss(Callback):
       stop, naming that step, its loss and its learning rate.
 
     Nothing is saved after the bad step, so the checkpoints on disk stay the last good ones.
+    Only the weights (and the optimizer's state, from the second step on) are kept as they were
+    in memory: the bad step's forward pass already moved BatchNorm's running statistics, the
+    weight average follows them, and at the very first step the fused SGD's momentum buffers
+    are made uninitialised before the skipped update. None of it reaches a checkpoint.
     (Resuming from just before the blow-up would only repeat it; the fix is a lower learning
     rate.) With an optimizer that cannot skip on the device (not fused), the loss is read every
     step instead and training stops before the bad step's update. Under DDP the flag is
