@@ -175,6 +175,29 @@ row "val_size 1e9 (not an int)" $PY -m resnet_lit fit "${BASE[@]}" --data.val_si
 row "max_steps -2" $PY -m resnet_lit fit "${BASE[@]}" --trainer.max_steps -2
 row "misclassified -1" $PY -m resnet_lit test --ckpt_path $CKPT --insight.misclassified -1
 row "precision 16-mixed on a CPU" $PY -m resnet_lit fit "${BASE[@]}" --trainer.precision 16-mixed --trainer.accelerator cpu
+# Round 3: numbers Lightning divides by or checks only later, weights from elsewhere, exports, checkpoints' versions
+row "seed_everything -1" $PY -m resnet_lit fit "${BASE[@]}" --seed_everything -1
+row "num_nodes 0" $PY -m resnet_lit fit "${BASE[@]}" --trainer.num_nodes 0
+row "accumulate_grad_batches 0" $PY -m resnet_lit fit "${BASE[@]}" --trainer.accumulate_grad_batches 0
+row "check_val_every_n_epoch 0" $PY -m resnet_lit fit "${BASE[@]}" --trainer.check_val_every_n_epoch 0
+row "val_check_interval 0" $PY -m resnet_lit fit "${BASE[@]}" --trainer.val_check_interval 0
+row "val_check_interval 1e9 (more than an epoch)" $PY -m resnet_lit fit "${BASE[@]}" --trainer.val_check_interval 1000000000
+row "num_workers 1e9" $PY -m resnet_lit fit "${BASE[@]}" --data.num_workers 1000000000
+row "resize 1e9" $PY -m resnet_lit fit "${BASE[@]}" --data.resize 1000000000
+row "crop_padding 1e9" $PY -m resnet_lit fit "${BASE[@]}" --data.crop_padding 1000000000
+row "CUDA graphs with gradient accumulation" $PY -m resnet_lit fit "${BASE[@]}" --model.compile true --model.compile_mode reduce-overhead --trainer.accumulate_grad_batches 2
+echo hello >weights.txt
+row "init_weights: a text file" $PY -m resnet_lit fit "${BASE[@]}" --model.init_weights weights.txt
+row "init_weights: a torchvision name that does not exist" $PY -m resnet_lit fit "${BASE[@]}" --model.arch resnet18 --model.init_weights ResNet18_Weights.BOGUS
+row "init_weights: resnet8's checkpoint into plain8" $PY -m resnet_lit fit "${BASE[@]}" --model.arch plain8 --model.init_weights $CKPT
+rm weights.txt
+row "export --out naming the checkpoint" $PY -m resnet_lit.export --ckpt_path $CKPT --format state_dict --out $CKPT
+row "export --out in a missing folder" $PY -m resnet_lit.export --ckpt_path $CKPT --format state_dict --out nowhere/net.pt
+$PY -c "
+import torch
+c = torch.load('$CKPT', weights_only=True); c['pytorch-lightning_version'] = '1.0.0'; torch.save(c, 'old.ckpt')"
+row "a checkpoint of Lightning 1.0.0" $PY -m resnet_lit test --ckpt_path old.ckpt
+rm old.ckpt
 # Odd files in every place a path is read
 row "data_dir is a file" $PY -m resnet_lit fit "${BASE[@]}" --data.data_dir "$CKPT"
 row "--ckpt_path is a folder" $PY -m resnet_lit test --ckpt_path lightning_logs/version_0

@@ -5,6 +5,7 @@ python -m resnet_lit test --ckpt_path lightning_logs/version_0/checkpoints/last.
 """
 
 import difflib
+import inspect
 import logging
 import os
 import re
@@ -45,7 +46,14 @@ from resnet_lit.resume import (
     read_settings,
     resume_differences,
 )
-from resnet_lit.runs import LOGS, ExclusiveTensorBoardLogger, newest_checkpoint, release_empty_claims, version_number
+from resnet_lit.runs import (
+    LOGS,
+    ExclusiveTensorBoardLogger,
+    discard_claims,
+    newest_checkpoint,
+    release_empty_claims,
+    version_number,
+)
 
 DEBUG_ENV = "RESNET_LIT_DEBUG"
 LINKED = ("in_channels", "num_classes", "image_size")  # the model's, set from the data module's
@@ -119,6 +127,9 @@ class ResNetCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand is None:
             return
+        seed = self.config[subcommand].get("seed_everything")  # checked here: LightningCLI seeds before instantiating
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed < 2**32:
+            raise BadInput(f"--seed_everything must be from 0 to {2**32 - 1} (numpy's range), got {seed}")
         resolved = resolve_checkpoint(subcommand, self.config[subcommand])
         if resolved is None:
             return
@@ -370,15 +381,26 @@ def check_run_settings(subcommand: str, config: Namespace) -> None:
             "--weights_only false would let a checkpoint run code when it is loaded; resnet_lit's checkpoints "
             "hold plain data only, so drop the option"
         )
-    seed = config.get("seed_everything")
-    if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed < 2**32:
-        raise BadInput(f"--seed_everything must be from 0 to {2**32 - 1} (what numpy's generator takes), got {seed}")
     if subcommand != "fit":
         return
     for key in ("max_epochs", "max_steps"):
         value = config.trainer.get(key)
         if value is not None and (value == 0 or value < -1):
             raise BadInput(f"trainer.{key} must be positive (or -1 for no limit), got {value}")
+    # Lightning divides by these (a ZeroDivisionError once the run folder exists).
+    for key, meaning in (
+        ("accumulate_grad_batches", "batches per optimizer step"),
+        ("check_val_every_n_epoch", "epochs between validations, or null with --trainer.val_check_interval"),
+    ):
+        value = config.trainer.get(key)
+        if value is not None and value < 1:
+            raise BadInput(f"trainer.{key} must be 1 or more ({meaning}), got {value}")
+    interval = config.trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval == 0:
+        raise BadInput(
+            "trainer.val_check_interval must be positive: a fraction of an epoch (0.25) or a number of "
+            "training batches (500); to skip validation, set --trainer.limit_val_batches 0"
+        )
     model = config.model
     accumulate = config.trainer.get("accumulate_grad_batches") or 1
     if accumulate > 1 and model.get("compile") and model.get("compile_mode") == "reduce-overhead":
@@ -415,7 +437,7 @@ def main(args: ArgsType = None) -> None:
         _refuse(err, str(_cause(err)), f"set {DEBUG_ENV}=1 for the traceback", status=2)
     except ValueError as err:
         # jsonargparse reports a data module that refused its arguments as a value of the wrong type.
-        refusal = _refusal_within(err) or _union_refusal(str(err))
+        refusal = _refusal_within(err) or _union_refusal(str(err)) or _trainer_refusal(err)
         if refusal is None:
             raise  # not bad input: a bug, with its traceback
         _refuse(err, str(refusal), f"set {DEBUG_ENV}=1 for the traceback", status=2)
@@ -483,10 +505,20 @@ def _short(path: str) -> str:
 
 
 def _refuse(err: BaseException, message: str, hint: str, status: int) -> None:
+    if status == 2:
+        discard_claims()  # refused input: the run folder this process made for it goes too
     if os.environ.get(DEBUG_ENV):
         raise err
     print(f"error: {' '.join(message.split())} ({hint})", file=sys.stderr)
     raise SystemExit(status) from None
+
+
+def _trainer_refusal(err: ValueError) -> str | None:
+    """Lightning's check of a Trainer setting that needs the data (`val_check_interval` (N) must be ...)."""
+    named = re.match(r"\s*`(\w+)`", str(err))
+    if named and named.group(1) in inspect.signature(Trainer.__init__).parameters:
+        return f"--trainer.{named.group(1)}: {_first_line(err).strip()}"
+    return None
 
 
 def _refusal_within(err: BaseException) -> BadInput | None:

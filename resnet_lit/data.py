@@ -101,8 +101,17 @@ class InMemoryImageDataModule(LightningDataModule):
         _check(batch_size > 0, f"data.batch_size must be positive, got {batch_size}")
         _check(val_size > 0, f"data.val_size must be positive, got {val_size}")
         _check(num_workers >= 0, f"data.num_workers must be 0 or more, got {num_workers}")
-        _check(crop_padding >= 0, f"data.crop_padding must be 0 or more, got {crop_padding}")
-        _check(resize is None or resize > 0, f"data.resize must be positive, got {resize}")
+        cores = os.cpu_count() or 1
+        _check(
+            num_workers <= 4 * cores,
+            f"data.num_workers {num_workers} is more than 4 a core here ({cores} cores); each worker is a process",
+        )
+        _check(resize is None or 0 < resize <= 4096, f"data.resize must be from 1 to 4096 pixels, got {resize}")
+        side = resize or self.native_size
+        _check(
+            0 <= crop_padding <= side,
+            f"data.crop_padding must be from 0 to the image's side ({side} pixels), got {crop_padding}",
+        )
         _check(0 <= erasing <= 1, f"data.erasing is a probability, in [0, 1], got {erasing}")
         for name, stats in (("mean", mean), ("std", std)):
             _check(

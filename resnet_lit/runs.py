@@ -8,6 +8,7 @@ one caller win; the loser takes the next number.
 
 import contextlib
 import re
+import shutil
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,18 @@ def release_empty_claims() -> None:
         folder = _claimed.pop()
         with contextlib.suppress(OSError):  # not empty (the run wrote to it), or gone already
             folder.rmdir()
+
+
+def discard_claims() -> None:
+    """Remove the run folders `claim_version` made in this process, unless a checkpoint is in one.
+
+    For input refused after the folder was claimed (a Trainer setting Lightning checks only once
+    it has the data): the folder holds the config and an empty log of a run that never trained.
+    """
+    while _claimed:
+        folder = _claimed.pop()
+        if folder.is_dir() and not any(folder.rglob("*.ckpt")):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class ExclusiveTensorBoardLogger(TensorBoardLogger):
