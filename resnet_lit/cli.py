@@ -49,6 +49,7 @@ from resnet_lit.resume import (
 from resnet_lit.runs import (
     LOGS,
     ExclusiveTensorBoardLogger,
+    claims_so_far,
     discard_claims,
     newest_checkpoint,
     release_empty_claims,
@@ -422,6 +423,8 @@ def main(args: ArgsType = None) -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_lightning_notices)
     warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning 2.6 itself
+    global _claims_before_main
+    _claims_before_main = claims_so_far()  # only this call's run folder is removed on a refusal
     try:
         cli = ResNetCLI(args=args)
         if cli.subcommand == "fit":
@@ -504,9 +507,12 @@ def _short(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+_claims_before_main = 0
+
+
 def _refuse(err: BaseException, message: str, hint: str, status: int) -> None:
     if status == 2:
-        discard_claims()  # refused input: the run folder this process made for it goes too
+        discard_claims(since=_claims_before_main)  # refused input: the run folder made for it goes too
     if os.environ.get(DEBUG_ENV):
         raise err
     print(f"error: {' '.join(message.split())} ({hint})", file=sys.stderr)

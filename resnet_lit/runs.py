@@ -60,13 +60,18 @@ def release_empty_claims() -> None:
             folder.rmdir()
 
 
-def discard_claims() -> None:
-    """Remove the run folders `claim_version` made in this process, unless a checkpoint is in one.
+def claims_so_far() -> int:
+    """How many folders `claim_version` has made in this process (for `discard_claims`)."""
+    return len(_claimed)
+
+
+def discard_claims(since: int = 0) -> None:
+    """Remove the run folders `claim_version` made after the first `since`, unless a checkpoint is in one.
 
     For input refused after the folder was claimed (a Trainer setting Lightning checks only once
     it has the data): the folder holds the config and an empty log of a run that never trained.
     """
-    while _claimed:
+    while len(_claimed) > since:
         folder = _claimed.pop()
         if folder.is_dir() and not any(folder.rglob("*.ckpt")):
             shutil.rmtree(folder, ignore_errors=True)
