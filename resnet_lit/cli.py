@@ -225,10 +225,7 @@ class ResNetCLI(LightningCLI):
             )
         kwargs["enable_checkpointing"] = True  # Lightning refuses False beside a ModelCheckpoint: removed below
         kwargs["enable_model_summary"] = False  # ours (depth 2) or none; Lightning would only say it skipped
-        try:
-            trainer = super().instantiate_trainer(**kwargs)
-        except ValueError as err:  # Lightning's check of a Trainer setting (num_nodes 0): before anything is written
-            raise BadInput(f"--trainer: {_first_line(err)}") from err
+        trainer = super().instantiate_trainer(**kwargs)  # its settings' ValueErrors: main(), _trainer_refusal
         unwanted = (
             (BestAndLastCheckpoint, not checkpointing),
             (ModelSummary, not summary),
@@ -520,7 +517,11 @@ def _refuse(err: BaseException, message: str, hint: str, status: int) -> None:
 
 
 def _trainer_refusal(err: ValueError) -> str | None:
-    """Lightning's check of a Trainer setting that needs the data (`val_check_interval` (N) must be ...)."""
+    """Lightning's check of a Trainer setting (`num_nodes` must be ..., `val_check_interval` (N) must be ...).
+
+    Raised when the Trainer is built, or once it has the data (after the run folder is made, which
+    the refusal then removes).
+    """
     named = re.match(r"\s*`(\w+)`", str(err))
     if named and named.group(1) in inspect.signature(Trainer.__init__).parameters:
         return f"--trainer.{named.group(1)}: {_first_line(err).strip()}"

@@ -202,8 +202,7 @@ def load_runs(paths: list[Path]) -> list[Run]:
             raise ReportError(f"{str(path)!r} holds no training run (no train/acc or val/acc logged)")
         for folder in training:
             # Named after the folder the run was started in; with the version where it started several.
-            logs = folder.parent
-            root = logs.parent if logs.name == "lightning_logs" else logs
+            logs, root = folder.parent, _root_of(folder)
             fits = [p for p in logs.glob("version_*") if p.is_dir() and _is_training_run(curves_of(p))]
             name = root.resolve().name
             if len(fits) > 1 or logs.name != "lightning_logs":
@@ -219,13 +218,18 @@ def load_runs(paths: list[Path]) -> list[Run]:
     return _unique_names(runs)
 
 
+def _root_of(folder: Path) -> Path:
+    """The run's own folder above `lightning_logs/version_N` (or the folder holding `version_N`)."""
+    logs = folder.parent
+    return logs.parent if logs.name == "lightning_logs" else logs
+
+
 def _unique_names(runs: list[Run]) -> list[Run]:
     """Runs of the same name are told apart by the folder above theirs (shortcut-B/r20-s0), else numbered."""
     names = [run.name for run in runs]
     for run in runs:
         if names.count(run.name) > 1:
-            root = run.folder.parent.parent if run.folder.parent.name == "lightning_logs" else run.folder.parent
-            run.name = f"{root.resolve().parent.name}/{run.name}"
+            run.name = f"{_root_of(run.folder).resolve().parent.name}/{run.name}"
     seen: dict[str, int] = {}
     for run in runs:
         seen[run.name] = seen.get(run.name, 0) + 1

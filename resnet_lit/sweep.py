@@ -226,7 +226,7 @@ def _call(command: list[str], log: Path, what: str, env: dict[str, str] | None =
             _children.discard(process)
     seconds = time.monotonic() - start
     if code in (130, 128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGINT) and _stopped_by is not None:
-        raise RunStopped(_what_it_did(what, log, code, log.parent))
+        raise RunStopped(_what_it_did(what, log, code))
     if code != 0:
         raise RunFailed(f"{what} failed with exit code {code} after {seconds:.0f} s; {_last_line(log)} (log: {log})")
     _say(f"{what}: {seconds:.0f} s")
@@ -264,14 +264,14 @@ def _last_line(log: Path) -> str:
 SAVED = re.compile(r"^(?:SIGTERM|Ctrl-C): (stopped at epoch \d+, step \d+) and saved (\S+);", re.MULTILINE)
 
 
-def _what_it_did(what: str, log: Path, code: int, folder: Path) -> str:
+def _what_it_did(what: str, log: Path, code: int) -> str:
     """One line on a run stopped by a signal: where it saved, or that it did not and what the rerun does."""
     text = log.read_text(errors="replace")
     start = text.rfind("\n$ ")  # this process's part of the log (a log holds every attempt)
     saved = list(SAVED.finditer(text[start:] if start >= 0 else text))
     if saved:
         return f"{what} {saved[-1].group(1)}, saved {saved[-1].group(2)}"
-    last = newest_checkpoint(folder, "last")
+    last = newest_checkpoint(log.parent, "last")  # the log lies in the run's folder
     rerun = f"the rerun goes on from {last}" if last else "the rerun starts it over (no checkpoint yet)"
     return f"{what} stopped without saving (exit {code}); {rerun}"
 
