@@ -81,7 +81,8 @@ def test_out_that_cannot_be_written_is_one_line_before_any_work(ckpt, capsys, mo
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["c.ckpt"]
 
 
-def test_a_run_with_test_time_flips_exports_them(ckpt, tmp_path):
+def test_a_run_with_test_time_flips_exports_them(ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # predict's run folder goes here, not into the repository
     checkpoint = load_checkpoint(ckpt)
     checkpoint["hyper_parameters"]["tta"] = True
     torch.save(checkpoint, ckpt)

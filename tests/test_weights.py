@@ -21,6 +21,8 @@ from resnet_lit.models.resnet import PadShortcut
 from resnet_lit.weights import init_weights
 
 QUIET = ["--trainer.enable_progress_bar=false"]
+# A refused run must not train; these keep it short if it were not refused.
+SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
 
 
 def same_outputs(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
@@ -152,7 +154,8 @@ def test_fit_starts_from_init_weights_and_says_what_it_did(in_tmp, data_args, ca
 
 
 @pytest.mark.slow  # trains more than once, or for several epochs
-def test_an_exported_onnx_model_predicts_what_predict_does(trained, tmp_path, fashion_root):
+def test_an_exported_onnx_model_predicts_what_predict_does(trained, tmp_path, fashion_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # predict's run folder goes here, not into the repository
     onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     from resnet_lit import export
     from resnet_lit.data import FashionMNISTDataModule
@@ -218,8 +221,7 @@ def test_refused_init_weights_say_why_in_one_line_and_leave_no_run_folder(
         source(in_tmp / "weights.pt")
         source = "weights.pt"
     before = snapshot(in_tmp)
-    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]  # if not
-    fit = ["fit", f"--model.arch={arch}", f"--model.init_weights={source}", *short, *QUIET, *data_args]
+    fit = ["fit", f"--model.arch={arch}", f"--model.init_weights={source}", *SHORT, *QUIET, *data_args]
     line = refused(capsys, fit)
     assert says in line and "init_weights" in line, line
     assert snapshot(in_tmp) == before  # no lightning_logs/version_0 with a config.yaml and an events file
@@ -227,8 +229,7 @@ def test_refused_init_weights_say_why_in_one_line_and_leave_no_run_folder(
 
 def test_a_checkpoint_of_another_network_is_refused_even_with_the_same_shapes(trained, in_tmp, data_args, capsys):
     ckpt = next((trained / "lightning_logs/version_0/checkpoints").glob("last.ckpt"))  # a resnet8
-    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]  # if not
-    line = refused(capsys, ["fit", "--model.arch=plain8", f"--model.init_weights={ckpt}", *short, *QUIET, *data_args])
+    line = refused(capsys, ["fit", "--model.arch=plain8", f"--model.init_weights={ckpt}", *SHORT, *QUIET, *data_args])
     assert "holds a resnet8; this network is plain8: pass --model.arch resnet8" in line
     assert not (in_tmp / "lightning_logs").exists()
 
