@@ -226,6 +226,11 @@ sigrow "SIGTERM during test" SIGTERM $PY -m resnet_lit test --ckpt_path $CKPT "$
 sigrow "SIGTERM during predict" SIGTERM $PY -m resnet_lit predict --ckpt_path $CKPT "${QUIET[@]}" --predictions.path sig.csv
 sigrow "Ctrl-C during predict" SIGINT $PY -m resnet_lit predict --ckpt_path $CKPT "${QUIET[@]}" --predictions.path sig.csv
 rm -rf sig.csv lightning_logs/version_[1-9]*
+# SIGTERM in fit before any step can be saved: in the sanity check (where torch.compile first
+# compiles), and one that also fails its step (the same signal to the process group ends the compiler)
+row "SIGTERM in fit's sanity check" $PY -m resnet_lit fit "${BASE[@]}" --trainer.callbacks+=processes.SignalAtBatch
+row "SIGTERM that fails the 4th step" $PY -m resnet_lit fit "${BASE[@]}" --trainer.callbacks+=processes.SignalThenFail \
+  --trainer.callbacks.step 3
 # Malformed TensorBoard folders for report
 mkdir -p tb/empty/lightning_logs/version_0 tb/noevents/lightning_logs/version_0 tb/truncated tb/junk
 : >tb/empty/lightning_logs/version_0/events.out.tfevents.0.host.1.0

@@ -262,7 +262,10 @@ class StopOnNonFiniteLoss(Callback):
     (Resuming from just before the blow-up would only repeat it; the fix is a lower learning
     rate.) With an optimizer that cannot skip on the device (not fused), the loss is read every
     step instead and training stops before the bad step's update. Under DDP the flag is
-    all-reduced, so every process skips and stops together.
+    all-reduced, so every process skips and stops together. Under "16-mixed", GradScaler hands the
+    fused optimizer its own `found_inf` (inf or NaN in the unscaled gradients, which a non-finite
+    loss always makes) in place of the guard's, skips the step with it and halves its scale; the
+    guard then only names the step and stops, as above.
 
     Args:
         enabled: False turns it off (with a warning): a non-finite loss then updates the weights
@@ -392,22 +395,36 @@ class SaveOnInterrupt(Callback):
             self._previous_handler = None
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or not self.enabled:
+        # Another error once the signal came is the signal's doing too: the same SIGTERM to the
+        # process group ends torch.compile's compiler processes, and Inductor fails on them.
+        by_signal = isinstance(exception, Exception) and trainer.received_sigterm
+        if not self.enabled or not (isinstance(exception, SIGTERMException) or by_signal):
             return
         exception.signal_name = self._signal_name  # the exit status main() reports
-        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+        if trainer.state.fn != TrainerFn.FITTING:
             return
         checkpoint = trainer.checkpoint_callback
-        if not isinstance(checkpoint, BestAndLastCheckpoint) or checkpoint.dirpath is None:
-            return
-        path = checkpoint.save_last_now(trainer)
+        saving = isinstance(checkpoint, BestAndLastCheckpoint) and checkpoint.dirpath is not None
+        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking and saving:
+            path = checkpoint.save_last_now(trainer)
+            said = f"stopped at epoch {trainer.current_epoch}, step {trainer.global_step} and saved {path}; "
+            said += "continue with the same command and --ckpt_path last"
+        else:
+            # Before the first step (the sanity check, where the first compilation happens), or in the
+            # middle of one: the loops are not at a step's end, so nothing is saved.
+            where = f"during step {trainer.global_step + 1}"
+            where = "before the first training step" if trainer.sanity_checking else where
+            last = getattr(checkpoint, "last_model_path", "") if saving else ""
+            since = trainer.ckpt_path if trainer.sanity_checking and trainer.ckpt_path else None
+            if since:
+                kept = f"nothing trained since {since}; continue with the same command"
+            elif last and Path(last).is_file():
+                kept = f"nothing saved after {last}; continue with the same command and --ckpt_path last"
+            else:
+                kept = "nothing was saved and its run folder is removed; start it again with the same command"
+            said = f"stopped {where}; {kept}"
         if trainer.is_global_zero:
-            print(
-                f"{self._signal_name}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step} and saved "
-                f"{path}; continue with the same command and --ckpt_path last",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"{self._signal_name}: {said}", file=sys.stderr, flush=True)
 
     def _on_ctrl_c(self, signum: int, frame: Any) -> None:
         if self._signal_name == "Ctrl-C":

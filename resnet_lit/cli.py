@@ -423,10 +423,11 @@ def main(args: ArgsType = None) -> None:
     global _claims_before_main
     _claims_before_main = claims_so_far()  # only this call's run folder is removed on a refusal
     try:
-        cli = ResNetCLI(args=args)
+        cli = _run_stopping_at_signals(args)
         if cli.subcommand == "fit":
             print(fit_summary(cli.trainer))
     except SIGTERMException as stop:
+        discard_claims(_claims_before_main)  # a run folder without a checkpoint: nothing to continue from
         raise SystemExit(130 if getattr(stop, "signal_name", "") == "Ctrl-C" else 128 + signal.SIGTERM) from None
     except ArgumentError as err:
         known = getattr(err, "known_options", [])
@@ -451,6 +452,18 @@ def main(args: ArgsType = None) -> None:
         )
     finally:
         release_empty_claims()  # a run folder made for a run that was then refused
+
+
+def _run_stopping_at_signals(args: ArgsType) -> ResNetCLI:
+    """`ResNetCLI(args)`; an error that SaveOnInterrupt put down to a signal becomes that stop."""
+    try:
+        return ResNetCLI(args=args)
+    except Exception as err:
+        if not getattr(err, "signal_name", None):
+            raise
+        stop = SIGTERMException()
+        stop.signal_name = err.signal_name
+        raise stop from err
 
 
 # Lightning's notices that say nothing about the run: advertising, and "no GPU" on a machine

@@ -295,7 +295,12 @@ class ResNetClassifier(LightningModule):
         if self.ema_net is not None:
             self._update_ema()
         scheduler = self.lr_schedulers()
-        if warming_up(scheduler):
+        # The warm-up's end is looked for at logging steps only, on that step's batch: Lightning
+        # reads the logged training accuracy on the host there anyway, and a read every step
+        # would stall a GPU every step. It ends up to log_every_n_steps - 1 steps later than a
+        # check at every step would end it (the paper's warm-up lasts about 400 iterations).
+        every = self.trainer.log_every_n_steps
+        if warming_up(scheduler) and not (every and self.global_step % every):
             error = 1 - self.train_acc_batch
             error = self.trainer.strategy.reduce(error, reduce_op="mean")  # every process ends it together
             if error < self.hparams.warmup_until_error:

@@ -59,6 +59,22 @@ class SignalAtBatch(Callback):
     on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _signal
 
 
+class SignalThenFail(Callback):
+    """At the start of training step `step + 1`: SIGTERM to its own process, then an error in that step.
+
+    What a SIGTERM to the whole process group does while torch.compile compiles: the compiler
+    processes die of it, and Inductor raises in the middle of the step.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("C++ compile error: the compiler was killed by a signal")
+
+
 class RecordMetrics(Callback):
     """Writes each process's `val/loss` and `val/acc` after every validation to `metrics_rank<R>.json`."""
 

@@ -81,13 +81,29 @@ def test_out_that_cannot_be_written_is_one_line_before_any_work(ckpt, capsys, mo
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["c.ckpt"]
 
 
-def test_a_run_with_test_time_flips_exports_them(ckpt, tmp_path, monkeypatch):
+def _run_exported(out: Path, images: torch.Tensor) -> torch.Tensor:
+    """The exported file's class probabilities for a batch of uint8 images, as a user would run it."""
+    if out.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (probabilities,) = session.run(None, {"images": images.numpy()})
+        return torch.from_numpy(probabilities)
+    with torch.no_grad():
+        return torch.jit.load(str(out))(images)
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.onnx"])
+def test_a_run_with_test_time_flips_exports_them(ckpt, tmp_path, monkeypatch, name):
+    if name.endswith(".onnx"):
+        pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     monkeypatch.chdir(tmp_path)  # predict's run folder goes here, not into the repository
     checkpoint = load_checkpoint(ckpt)
     checkpoint["hyper_parameters"]["tta"] = True
     torch.save(checkpoint, ckpt)
-    out = tmp_path / "model.pt"
-    assert export.main(["--ckpt_path", str(ckpt), "--format", "torchscript", "--out", str(out)]) == 0
+    out = tmp_path / name
+    fmt = "onnx" if name.endswith(".onnx") else "torchscript"
+    assert export.main(["--ckpt_path", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
     predictions = tmp_path / "p.csv"
     ResNetCLI(args=["predict", f"--ckpt_path={ckpt}", f"--predictions.path={predictions}"])
     with open(predictions) as f:
@@ -96,8 +112,7 @@ def test_a_run_with_test_time_flips_exports_them(ckpt, tmp_path, monkeypatch):
 
     data = FashionMNISTDataModule(data_dir=str(checkpoint["datamodule_hyper_parameters"]["data_dir"]), download=False)
     data.setup("test")
-    with torch.no_grad():
-        probabilities = torch.jit.load(str(out))(data.test_set.images)
+    probabilities = _run_exported(out, data.test_set.images)
     assert [int(r["predicted"]) for r in rows] == probabilities.argmax(1).tolist()
     confidences = [float(r["confidence"]) for r in rows]
     assert probabilities.max(1).values.tolist() == pytest.approx(confidences, abs=1e-4)  # the CSV's 4 decimals

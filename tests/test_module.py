@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import scalars
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 
 from resnet_lit import FashionMNISTDataModule, ResNetClassifier
@@ -72,6 +72,34 @@ def test_warmup_ends_on_the_training_error_and_goes_back(tmp_path, fashion_root,
     trainer, _ = fit(tmp_path, fashion_root, 4, warmup_lr=0.01, warmup_until_error=until, milestones=[1000])
     lrs = [v for _, v in scalars(trainer.logger.log_dir)["lr"]]
     assert lrs == pytest.approx(expected)
+
+
+class StepLearningRates(Callback):
+    """The learning rate each training step is taken with."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_the_warmup_looks_at_the_training_error_at_logging_steps_only(tmp_path, fashion_root):
+    # Logging every 3 steps: the first batch's error is already below 1.01, but the warm-up ends
+    # only after step 3, the first logging step (where the error is read on the host anyway).
+    model = ResNetClassifier(arch="resnet8", warmup_lr=0.01, warmup_until_error=1.01, milestones=[1000])
+    data = FashionMNISTDataModule(data_dir=str(fashion_root), download=False, val_size=100, batch_size=50, seed=0)
+    lrs = StepLearningRates()
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_steps=6,
+        log_every_n_steps=3,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[lrs],
+    )
+    trainer.fit(model, data)
+    assert lrs.lrs == pytest.approx([0.01, 0.01, 0.01, 0.1, 0.1, 0.1])
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,34 @@ def test_sigterm_saves_says_where_and_resumes_to_the_bit(tmp_path, fashion_root,
     assert_identical(weights(last), reference)
 
 
+@pytest.mark.slow  # three short subprocess runs
+@pytest.mark.parametrize(
+    "callback, step, expected",
+    [
+        ("SignalAtBatch", 0, "SIGTERM: stopped before the first training step; nothing was saved and its run folder "),
+        ("SignalThenFail", 3, "SIGTERM: stopped during step 4; nothing was saved and its run folder is removed"),
+        ("SignalThenFail", 12, "SIGTERM: stopped during step 13; nothing saved after {last}; continue with"),
+    ],
+    ids=["in the sanity check", "an error in the step, no checkpoint yet", "an error in the step after a checkpoint"],
+)
+def test_sigterm_before_the_first_step_or_that_fails_a_step_is_the_clean_stop(
+    tmp_path, fashion_root, callback, step, expected
+):
+    # The sanity check is where torch.compile first compiles; the same SIGTERM to the process group
+    # ends its compiler processes, and the step fails: both are the signal's stop, not a traceback.
+    signal_at = [f"--trainer.callbacks+=processes.{callback}"]
+    signal_at += [f"--trainer.callbacks.step={step}"] if callback == "SignalThenFail" else []
+    args = ["fit", "--model.arch=resnet8", "--trainer.max_epochs=2", *FAST, *data_flags(fashion_root), *signal_at]
+    process = run_module(args, cwd=tmp_path)
+    output = finish(process)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output
+    last = (tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt").resolve()
+    assert expected.format(last=last) in output, output
+    assert last.is_file() == (step > 10)  # the epoch-end checkpoint of step 10 stays; no folder without one
+    assert (tmp_path / "lightning_logs").exists() == (step > 10)
+
+
 # Extending a finished run: schedules that do not depend on the run's length (a cosine one would be
 # refused, tests/test_checkpoints.py).
 EXTENDED_CONFIGS = {
@@ -478,6 +506,36 @@ def test_a_nan_between_logging_steps_skips_its_update_and_is_named_at_the_next_c
     assert cli.trainer.global_step == 20  # noticed at the end of the epoch, before validation and the checkpoint
     last = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
     assert load_checkpoint(last)["global_step"] == 10  # nothing saved after the bad step
+
+
+def test_under_16_mixed_the_grad_scaler_skips_the_bad_step_and_the_guard_stops(tmp_path, fashion_root):
+    # 16-mixed: torch.amp.GradScaler hands the fused optimizer its own found_inf (from the
+    # gradients, which a non-finite loss makes non-finite), replacing the guard's. Lightning runs
+    # 16-mixed on GPUs only; the CPU's GradScaler takes the same path.
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.plugins import MixedPrecision
+
+    from resnet_lit import FashionMNISTDataModule
+    from resnet_lit.callbacks import StopOnNonFiniteLoss
+
+    model = ResNetClassifier(arch="resnet8")
+    data = FashionMNISTDataModule(data_dir=str(fashion_root), download=False, val_size=100, batch_size=50, seed=0)
+    poison, scaler = PoisonStep(step=3), torch.amp.GradScaler("cpu")
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_steps=8,
+        log_every_n_steps=50,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        callbacks=[StopOnNonFiniteLoss(), poison],
+    )
+    with pytest.raises(NonFiniteLossError, match=r"the training loss is nan at step 3 \(epoch 0\)"):
+        trainer.fit(model, data)
+    assert trainer.optimizers[0].defaults["fused"]
+    assert_identical(poison.after, poison.before)  # the scaler skipped the update
+    assert scaler.get_scale() == 2.0**15  # and halved its scale (from 2**16) once: it saw the inf itself
+    assert not hasattr(trainer.optimizers[0], "found_inf")  # nothing of the guard's left on the optimizer
 
 
 # --- predict reads every image mode as what it shows -------------------------------------------------
