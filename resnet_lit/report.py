@@ -438,6 +438,19 @@ def _mean_curve(curves: list[Curve]) -> tuple[list[int], list[float], list[float
     return steps, list(values.mean(axis=0)), list(values.min(axis=0)), list(values.max(axis=0))
 
 
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+
+
+def _colours(groups: list[Group]) -> dict[str, str]:
+    """Each group's colour, by its name: one per depth, as in Fig. 6, the twins of one depth alike;
+    where two groups of one depth share a panel (shortcut options A, B, C), one per group."""
+    shared = len({(g.first.plain, g.first.depth) for g in groups}) < len(groups)
+    if shared:
+        return {group.name: PALETTE[i % len(PALETTE)] for i, group in enumerate(groups)}
+    depths = sorted({group.first.depth for group in groups})
+    return {group.name: PALETTE[depths.index(group.first.depth) % len(PALETTE)] for group in groups}
+
+
 def plot(runs: list[Run], out: Path, smooth: int = SMOOTH_ITERATIONS, ymax: float | None = None):
     """Fig. 6's layout: plain nets left, ResNets right; dashed training error, bold validation error.
 
@@ -449,9 +462,7 @@ def plot(runs: list[Run], out: Path, smooth: int = SMOOTH_ITERATIONS, ymax: floa
     from matplotlib.patches import Patch
 
     groups = group_runs(runs)
-    depths = sorted({group.first.depth for group in groups})
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
-    colour = {depth: palette[i % len(palette)] for i, depth in enumerate(depths)}
+    colour = _colours(groups)
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     panels = fig.subplots(1, 2, sharex=True, sharey=True)
     finals = []
@@ -459,7 +470,7 @@ def plot(runs: list[Run], out: Path, smooth: int = SMOOTH_ITERATIONS, ymax: floa
         members = sorted((g for g in groups if g.first.plain == plain), key=lambda g: g.first.depth)
         labels = [group.first.label for group in members]
         for group in members:
-            c = colour[group.first.depth]
+            c = colour[group.name]
             n = len(group.runs)
             label = group.first.label if labels.count(group.first.label) == 1 else f"{group.first.label} ({group.name})"
             label += f", n={n}" if n > 1 else ""

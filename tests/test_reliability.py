@@ -469,21 +469,34 @@ def test_a_diverging_run_stops_at_the_first_nan_and_keeps_the_last_good_checkpoi
 
 
 class PoisonStep(Callback):
-    """Makes the loss of one step NaN (its input batch all NaN) and records the parameters around it."""
+    """Makes the loss of one step NaN (its input batch all NaN) and records the state around it.
+
+    `before` and `after`: the parameters; `momentum_before` and `momentum_after`: the optimizer's
+    momentum buffers (none before the first step).
+    """
 
     def __init__(self, step: int) -> None:
         self.step = step
         self.before: dict[str, torch.Tensor] = {}
         self.after: dict[str, torch.Tensor] = {}
+        self.momentum_before: dict[str, torch.Tensor] = {}
+        self.momentum_after: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _momentum(trainer, pl_module) -> dict[str, torch.Tensor]:
+        state = trainer.optimizers[0].state
+        return {k: state[p]["momentum_buffer"].clone() for k, p in pl_module.named_parameters() if p in state}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             self.before = {k: v.detach().clone() for k, v in pl_module.named_parameters()}
+            self.momentum_before = self._momentum(trainer, pl_module)
             batch[0].fill_(float("nan"))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step + 1:
             self.after = {k: v.detach().clone() for k, v in pl_module.named_parameters()}
+            self.momentum_after = self._momentum(trainer, pl_module)
 
 
 @pytest.mark.slow  # trains more than once, or for several epochs
@@ -503,6 +516,10 @@ def test_a_nan_between_logging_steps_skips_its_update_and_is_named_at_the_next_c
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert poison.before and poison.after
     assert_identical(poison.after, poison.before)  # the fused optimizer skipped the update on the device
+    assert poison.momentum_before and len(poison.momentum_after) == len(poison.momentum_before)
+    assert_identical(poison.momentum_after, poison.momentum_before)  # and left its momentum as it was
+    # What the docstring says is not kept: the bad forward pass moved BatchNorm's running statistics.
+    assert not torch.isfinite(cli.model.net.bn1.running_mean).all()
     assert cli.trainer.global_step == 20  # noticed at the end of the epoch, before validation and the checkpoint
     last = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
     assert load_checkpoint(last)["global_step"] == 10  # nothing saved after the bad step

@@ -308,3 +308,26 @@ def test_a_band_per_group_of_seeds_in_the_figure(tmp_path):
     (val,) = [line for line in residual.lines if line.get_linewidth() == 2.5]
     assert val.get_label() == "ResNet-20, n=3"
     assert list(val.get_ydata()) == pytest.approx([50.0, 18.0])  # the mean of 20, 18 and 16
+
+
+def test_colours_follow_depth_and_groups_of_one_depth_get_their_own(tmp_path):
+    val = {"val_acc": [(99, 0.5), (199, 0.8)]}
+    twins = [_seeded(tmp_path / "d", name, 0, arch, **val) for name, arch in (("r20", "resnet20"), ("p20", "plain20"))]
+    twins.append(_seeded(tmp_path / "d", "r56", 0, "resnet56", **val))
+    lines = _validation_lines(report.plot(report.load_runs(twins), tmp_path / "depths.png"))
+    assert lines["plain-20"] == lines["ResNet-20"] != lines["ResNet-56"]  # Fig. 6: one colour per depth
+    options = []
+    for option in ("A", "B", "C"):  # three shortcut options of ResNet-20: one panel, three colours
+        options.append(_seeded(tmp_path / option, "r20", 0, **val))
+        config_file = options[-1] / "lightning_logs/version_0/config.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["model"]["shortcut"] = option
+        config_file.write_text(yaml.safe_dump(config))
+    lines = _validation_lines(report.plot(report.load_runs(options), tmp_path / "options.png"))
+    assert len(lines) == 3 and len(set(lines.values())) == 3, lines
+
+
+def _validation_lines(figure) -> dict[str, str]:
+    """Each validation curve's label and colour."""
+    lines = [line for panel in figure.axes[:2] for line in panel.lines if line.get_linewidth() == 2.5]
+    return {line.get_label(): line.get_color() for line in lines}
