@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from resnet_lit import compat
+from resnet_lit import compat, slurm
 from resnet_lit.callbacks import (
     BestAndLastCheckpoint,
     EpochLines,
@@ -223,6 +224,11 @@ class ResNetCLI(LightningCLI):
             kwargs["logger"] = ExclusiveTensorBoardLogger(
                 save_dir, name=LOGS, version=self._resume_version, hparams_tab=self.subcommand == "fit"
             )
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        cluster = slurm.cluster_environment()
+        if cluster is not None and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+            kwargs["plugins"] = [*plugins, cluster]  # inside a SLURM allocation: resnet_lit.slurm
         kwargs["enable_checkpointing"] = True  # Lightning refuses False beside a ModelCheckpoint: removed below
         kwargs["enable_model_summary"] = False  # ours (depth 2) or none; Lightning would only say it skipped
         trainer = super().instantiate_trainer(**kwargs)  # its settings' ValueErrors: main(), _trainer_refusal

@@ -26,12 +26,15 @@ every fit and test (`--trainer.max_epochs 3`, `--data.data_dir X`).
   first that took it, and says so.
 - SIGTERM or Ctrl-C stops every run (each saves its last.ckpt) and says what each did; the same
   command resumes them.
+- `--slurm` submits the sweep to SLURM instead, as a job array, one task per run (`--task I`),
+  and the report as a job that waits for them (resnet_lit.slurm).
 """
 
 import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -46,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from resnet_lit import report
+from resnet_lit import report, slurm
 from resnet_lit.checkpointing import CheckpointError
 from resnet_lit.errors import say_refusal
 from resnet_lit.runs import newest_checkpoint
@@ -73,6 +76,7 @@ class Job:
     folder: Path
     env: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
+    inherited: dict[str, str] | None = None  # the environment its processes start from (default: this one's)
 
     def args(self, extra: list[str]) -> list[str]:
         """The arguments every process of this job gets after its config: the seed, then the sweep's."""
@@ -165,7 +169,7 @@ def run_job(job: Job, extra: list[str], python: list[str]) -> dict:
         fit = _fit(job, extra, python)
         fit_marker.write_text(json.dumps(fit, indent=2) + "\n")
     command = [*python, "test", "--config", str(job.config), "--ckpt_path", fit["best_ckpt"], *_base(job), *extra]
-    test_seconds = _call(command, job.folder / "test.log", f"{job.name}: test", job.env)
+    test_seconds = _call(command, job.folder / "test.log", f"{job.name}: test", job.env, job.inherited)
     done = {**fit, "test_seconds": round(test_seconds, 1), "test_command": command}
     marker.write_text(json.dumps(done, indent=2) + "\n")
     fit_marker.unlink()
@@ -178,7 +182,11 @@ def _fit(job: Job, extra: list[str], python: list[str]) -> dict:
     if resume:  # an interrupted fit: go on from its last.ckpt, in its log folder (resnet_lit.cli)
         command += ["--ckpt_path", "last"]
     fit_seconds = _call(
-        command, job.folder / "fit.log", f"{job.name}: fit" + (" (resuming)" if resume else ""), job.env
+        command,
+        job.folder / "fit.log",
+        f"{job.name}: fit" + (" (resuming)" if resume else ""),
+        job.env,
+        job.inherited,
     )
     last = newest_checkpoint(job.folder, "last")
     if last is None:
@@ -201,8 +209,17 @@ def _base(job: Job) -> list[str]:
     return [f"--trainer.default_root_dir={job.folder}", "--trainer.enable_progress_bar=false"]
 
 
-def _call(command: list[str], log: Path, what: str, env: dict[str, str] | None = None) -> float:
-    """Run one process, its output into `log`; its lines that report an epoch also to the terminal."""
+def _call(
+    command: list[str],
+    log: Path,
+    what: str,
+    env: dict[str, str] | None = None,
+    inherited: dict[str, str] | None = None,
+) -> float:
+    """Run one process, its output into `log`; its lines that report an epoch also to the terminal.
+
+    Its environment: `inherited` (default: this process's), with `env` over it.
+    """
     _say(f"{what} ... (log: {log})")
     start = time.monotonic()
     with log.open("a") as out:
@@ -213,7 +230,7 @@ def _call(command: list[str], log: Path, what: str, env: dict[str, str] | None =
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},  # its log as it happens
+            env={**(os.environ if inherited is None else inherited), "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         _children.add(process)
         try:
@@ -261,7 +278,7 @@ def _last_line(log: Path) -> str:
     return f"last line: {lines[-1]!r}" if lines else "no output"
 
 
-SAVED = re.compile(r"^(?:SIGTERM|Ctrl-C): (stopped at epoch \d+, step \d+) and saved (\S+);", re.MULTILINE)
+SAVED = re.compile(r"^(?:SIGTERM|SIGUSR1|Ctrl-C): (stopped at epoch \d+, step \d+) and saved (\S+);", re.MULTILINE)
 
 
 def _what_it_did(what: str, log: Path, code: int) -> str:
@@ -306,6 +323,20 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--report", type=Path, metavar="FILE.png", help="draw the report's figure here at the end")
     parser.add_argument("--table", type=Path, metavar="FILE.md", help="write the report's table here at the end")
+    parser.add_argument(
+        "--slurm",
+        nargs="?",
+        const="",
+        metavar="SBATCH_OPTIONS",
+        help="submit to SLURM instead: a job array of the runs that have not finished, then the report as a "
+        'job after them; sbatch options in one string, e.g. --slurm="--partition gpu --gres gpu:1 --time 24:00:00"',
+    )
+    parser.add_argument(
+        "--task", type=int, metavar="I", help="run only the I-th run of the list, from 0 (what each array task runs)"
+    )
+    parser.add_argument(
+        "--collect", action="store_true", help="run nothing: report on the runs that have finished (the report job)"
+    )
     return parser.parse_known_args(argv)
 
 
@@ -329,6 +360,17 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
         jobs = jobs_for(args.configs, args.root, args.seeds)
     except ValueError as err:
         return say_refusal(str(err))
+    if args.slurm is not None:
+        return _submit(args, extra, jobs)
+    if args.task is not None:
+        if not 0 <= args.task < len(jobs):
+            return say_refusal(
+                f"--task {args.task} is not a run of this sweep: it has {len(jobs)}, 0 to {len(jobs) - 1}"
+            )
+        jobs = [jobs[args.task]]
+        jobs[0].inherited = slurm.without_slurm(dict(os.environ))
+    if args.collect:
+        return _collect(args, jobs)
 
     assign_devices(jobs, args.jobs)
     results: dict[int, Path | str] = {}  # a finished run's log folder, or why it failed
@@ -356,7 +398,7 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
             return
         results[i] = Path(done["fit_dir"]) if done.get("fit_dir") else job.folder
 
-    stop = _forward_signals()
+    stop = _forward_signals(requeue_on_usr1=args.task is not None)
     try:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for future in [pool.submit(run, i, job) for i, job in enumerate(jobs)]:
@@ -367,17 +409,13 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
         print(f"{_stopped_by}: stopped; the same command resumes what is unfinished", file=sys.stderr)
         for i in sorted(stopped):
             print(f"- {stopped[i]}", file=sys.stderr)
+        if _stopped_by == "SIGUSR1":  # SLURM's warning before the time limit: go on in a new task
+            slurm.requeue_this_task()
         return 130 if _stopped_by == "Ctrl-C" else 128 + signal.SIGTERM
     finished = [results[i] for i in sorted(results) if isinstance(results[i], Path)]
     failures = [results[i] for i in sorted(results) if isinstance(results[i], str)]
 
-    code = 0
-    if finished:
-        report_args = [str(path) for path in finished]
-        report_args += ["--out", str(args.report)] if args.report else []
-        report_args += ["--table", str(args.table)] if args.table else []
-        print(f"\nreport on {len(finished)} run(s):", flush=True)
-        code = report.main(report_args)
+    code = _report(args, finished) if args.task is None else 0  # a task: the report job draws it
     if left:
         print(f"\n{len(left)} run(s) left to the sweep running them: {', '.join(left)}", flush=True)
     if failures:
@@ -388,11 +426,62 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
     return 1 if code else 0
 
 
+def _report(args: argparse.Namespace, finished: list[Path]) -> int:
+    if not finished:
+        return 0
+    report_args = [str(path) for path in finished]
+    report_args += ["--out", str(args.report)] if args.report else []
+    report_args += ["--table", str(args.table)] if args.table else []
+    print(f"\nreport on {len(finished)} run(s):", flush=True)
+    return report.main(report_args)
+
+
+def _collect(args: argparse.Namespace, jobs: list[Job]) -> int:
+    """The report on the runs that have finished; the others named."""
+    finished, missing = [], []
+    for job in jobs:
+        done = _read_json(job.folder / DONE) if (job.folder / DONE).is_file() else None
+        if done is None:
+            missing.append(job.name)
+        else:
+            finished.append(Path(done["fit_dir"]) if done.get("fit_dir") else job.folder)
+    if missing:
+        print(f"{len(missing)} of {len(jobs)} run(s) not finished, left out: {', '.join(missing)}", file=sys.stderr)
+    code = _report(args, finished)
+    return 1 if missing or code else 0
+
+
+def _submit(args: argparse.Namespace, extra: list[str], jobs: list[Job]) -> int:
+    """The sweep as a SLURM job array of its unfinished runs, and the report job after it."""
+    unfinished = [i for i, job in enumerate(jobs) if not (job.folder / DONE).is_file()]
+    if not unfinished:
+        print(f"every run of the sweep has finished ({len(jobs)} in {args.root}); nothing submitted", flush=True)
+        return 0
+    sweep = [sys.executable, "-m", "resnet_lit.sweep", *map(str, args.configs), "--root", str(args.root)]
+    sweep += ["--seeds", *map(str, args.seeds)] if args.seeds else []
+    collect = [*sweep, "--collect"]
+    collect += ["--report", str(args.report)] if args.report else []
+    collect += ["--table", str(args.table)] if args.table else []
+    try:
+        array, report_job = slurm.submit(args.root, unfinished, [*sweep, *extra], collect, shlex.split(args.slurm))
+    except slurm.SubmitError as err:
+        return say_refusal(str(err))
+    names = ", ".join(jobs[i].name for i in unfinished)
+    print(f"submitted job array {array}: {len(unfinished)} of {len(jobs)} run(s) ({names})", flush=True)
+    print(f"submitted report job {report_job}, after the array ends", flush=True)
+    print(f"follow: squeue -j {array},{report_job}; logs: {args.root}/slurm-*.out; stop: scancel {array}", flush=True)
+    print(f"batch scripts: {args.root / slurm.ARRAY_SCRIPT}, {args.root / slurm.REPORT_SCRIPT}", flush=True)
+    return 0
+
+
 _stopped_by: str | None = None
 
 
-def _forward_signals():
-    """Pass SIGTERM and Ctrl-C on to the runs (each saves its last.ckpt and stops); starts no new run."""
+def _forward_signals(requeue_on_usr1: bool = False):
+    """Pass SIGTERM and Ctrl-C on to the runs (each saves its last.ckpt and stops); starts no new run.
+
+    `requeue_on_usr1` (a SLURM task): SIGUSR1 stops the runs the same way, then requeues the task.
+    """
     global _stopped_by
     _stopped_by = None
     if threading.current_thread() is not threading.main_thread():
@@ -400,11 +489,12 @@ def _forward_signals():
 
     def forward(signum, frame):
         global _stopped_by
-        _stopped_by = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        _stopped_by = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}.get(signum, "SIGUSR1")
         for process in list(_children):
             process.send_signal(signal.SIGTERM)  # the run saves; a Ctrl-C reaches them from the terminal too
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signals = (signal.SIGTERM, signal.SIGINT, *([signal.SIGUSR1] if requeue_on_usr1 else []))
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
 
     def restore() -> None:
         for sig, handler in previous.items():

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from lightning.pytorch import Callback
@@ -83,3 +84,16 @@ class RecordMetrics(Callback):
             return
         metrics = {k: trainer.callback_metrics[k].item() for k in ("val/loss", "val/acc")}
         Path(f"metrics_rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
+
+
+class SlowSteps(Callback):
+    """Sleeps `seconds` after every training step: a run long enough to be interrupted on purpose.
+
+    It holds no state and draws no random numbers, so the weights are those of the run without it.
+    """
+
+    def __init__(self, seconds: float = 0.5) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_lit import sweep
+from resnet_lit import slurm, sweep
 
 
 def write_config(folder: Path, name: str, arch: str) -> Path:
@@ -240,3 +240,23 @@ def test_a_damaged_checkpoint_fails_its_run_in_one_line(tmp_path, fake_run, caps
     assert "Traceback" not in err
     assert re.search(r"- r8: checkpoint '\S+last.ckpt' is damaged", err), err
     assert "fit --config" in (tmp_path / "calls").read_text()  # the other run still ran
+
+
+def test_slurm_options_that_cannot_work_end_in_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, "r8", "resnet8")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    assert sweep.main([str(config), "--slurm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sbatch was not found: --slurm needs a SLURM login node" in err[0]
+    assert sweep.main([str(config), "--seeds", "0", "1", "--task", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--task 2 is not a run of this sweep: it has 2, 0 to 1" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_task_starts_its_runs_without_slurms_variables(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    env = slurm.without_slurm(dict(os.environ))
+    assert "SLURM_JOB_ID" not in env and "SLURM_NTASKS" not in env and env["PATH"] == os.environ["PATH"]
