@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
             _say(f"FAILED: {err}")
             results[i] = str(err)
             return
-        results[i] = Path(done["fit_dir"]) if done.get("fit_dir") else job.folder
+        results[i] = _log_folder(job, done)
 
     stop = _forward_signals(requeue_on_usr1=args.task is not None)
     try:
@@ -426,6 +426,11 @@ def main(argv: list[str] | None = None, python: list[str] | None = None) -> int:
     return 1 if code else 0
 
 
+def _log_folder(job: Job, done: dict) -> Path:
+    """Where the report reads a finished run: its fit's log folder, or the run's folder where the marker has none."""
+    return Path(done["fit_dir"]) if done.get("fit_dir") else job.folder
+
+
 def _report(args: argparse.Namespace, finished: list[Path]) -> int:
     if not finished:
         return 0
@@ -444,7 +449,7 @@ def _collect(args: argparse.Namespace, jobs: list[Job]) -> int:
         if done is None:
             missing.append(job.name)
         else:
-            finished.append(Path(done["fit_dir"]) if done.get("fit_dir") else job.folder)
+            finished.append(_log_folder(job, done))
     if missing:
         print(f"{len(missing)} of {len(jobs)} run(s) not finished, left out: {', '.join(missing)}", file=sys.stderr)
     code = _report(args, finished)
