@@ -285,6 +285,7 @@ NOT_THE_EXPERIMENT = {
     ("trainer", "default_root_dir"),
     ("trainer", "enable_progress_bar"),
 }
+NO_LIMIT = {("trainer", "max_epochs"), ("trainer", "max_steps")}  # null and -1 both mean no limit
 
 
 @dataclass
@@ -314,6 +315,8 @@ def _experiment(run: Run) -> str:
     def strip(value: Any, path: tuple[str, ...]) -> Any:
         if isinstance(value, dict):
             return {k: strip(v, (*path, k)) for k, v in sorted(value.items()) if (*path, k) not in NOT_THE_EXPERIMENT}
+        if path in NO_LIMIT and value is None:
+            return -1  # a resumed run's config.yaml says -1 (its checkpoint's) where a fresh one says null
         return value
 
     if not run.config:  # no config.yaml: only the sweep's names say which runs are seeds of one config

@@ -331,3 +331,17 @@ def _validation_lines(figure) -> dict[str, str]:
     """Each validation curve's label and colour."""
     lines = [line for panel in figure.axes[:2] for line in panel.lines if line.get_linewidth() == 2.5]
     return {line.get_label(): line.get_color() for line in lines}
+
+
+def test_a_resumed_seed_joins_its_group(tmp_path):
+    """A run resumed with --ckpt_path last records its checkpoint's -1 (no epoch limit) where a fresh one says null."""
+    val = {"val_acc": [(99, 0.9), (199, 0.92)]}
+    fresh = _seeded(tmp_path, "r56-s0", 0, "resnet56", **val)
+    resumed = _seeded(tmp_path, "r56-s1", 1, "resnet56", **val)
+    for path, limit in ((fresh, None), (resumed, -1)):
+        config_file = path / "lightning_logs/version_0/config.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["trainer"]["max_epochs"] = limit
+        config_file.write_text(yaml.safe_dump(config))
+    groups = report.group_runs(report.load_runs([fresh, resumed]))
+    assert [(g.name, len(g.runs)) for g in groups] == [("r56", 2)]  # one group: the seeds share their name
