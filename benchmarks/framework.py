@@ -82,7 +82,7 @@ class HandLoop:
         self.step = 0
 
     def __call__(self) -> None:
-        images, targets = next(self.batches)
+        images, targets, _ = next(self.batches)  # the loader's own key is not used: this loop keys by step
         generator = seeded_generator(images.device, SEED, 0, self.step, 0)  # (seed, epoch, batch, rank)
         images = random_crop(images, self.data.hparams.crop_padding, generator)
         images = random_hflip(images, generator)

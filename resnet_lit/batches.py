@@ -6,12 +6,15 @@ targets. Here:
 - `TensorImages` serves whole batches with one index (a DataLoader's `__getitems__`), and
   `EpochShuffler` orders an epoch as a function of (seed, epoch) alone;
 - `loader` builds an epoch's batches either on the training device itself (`DeviceBatches`, with
-  `data.on_device`: no host work per batch) or from a DataLoader, and for training one that
-  records its position, so a run stopped mid-epoch resumes at the next batch (`ResumesMidEpoch`);
+  `data.on_device`: no host work per batch) or from a DataLoader, and for training one that hands
+  out each batch with its augmentation key and records its position, so a run stopped mid-epoch
+  resumes at the next batch (`TrainingBatches`);
 - `unrepeated_sampler` gives each process of a DDP run a disjoint share of the evaluation
-  images, so each is counted exactly once;
-- `augment` crops, flips, normalizes and erases a training batch on its device, with random
-  draws keyed on (seed, epoch, batch, rank), so a resumed run repeats an uninterrupted one.
+  images, so each is counted exactly once.
+
+A training batch is (images, targets, key); every other batch is (images, targets). The data
+modules' `on_after_batch_transfer` augments a batch that has a key (`resnet_lit.transforms.augment`,
+seeded with it), preprocesses one that has none, and hands the step (images, targets).
 
 How `DeviceBatches` sits in Lightning's loop: it is an iterable with a length, which Lightning
 accepts wherever it accepts a DataLoader. `batch_to_device` finds the batch on its device
@@ -22,7 +25,7 @@ Fashion-MNIST's 60k images are 47 MB of uint8 and CIFAR-10's 150 MB: either fits
 """
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
 from resnet_lit.compat import UnrepeatedDistributedSampler
 from resnet_lit.errors import BadInput
-from resnet_lit.transforms import random_crop, random_erasing, random_hflip, seeded_generator
+from resnet_lit.transforms import seeded_generator
 
 
 class TensorImages(Dataset):
@@ -147,19 +150,38 @@ def to_device(dataset: Dataset, device: torch.device) -> tuple[Tensor, Tensor]:
     return images.to(device), targets.to(device)
 
 
-class ResumesMidEpoch:
-    """Records how far into the epoch a training loader got, so a run stopped mid-epoch resumes at the next batch.
+class TrainingBatches:
+    """A training loader: each batch comes with its augmentation key, and a stopped run resumes at the next batch.
 
     Mixed into a loader class (a DataLoader, or `DeviceBatches` for data on the device) whose
-    `sampler` has an `epoch`. Lightning saves a training loader's `state_dict()` in every
-    checkpoint and hands it back through `load_state_dict` when it resumes from one; a plain
-    loader would start the epoch over. The sampler's order is a function of (seed, epoch), so
-    skipping the batches already trained on reproduces the rest of the epoch exactly. A
-    checkpoint from the end of an epoch skips nothing: the resumed run starts the next epoch,
-    whose number differs.
+    `sampler` has an `epoch`: `EpochShuffler`, or the `DistributedSampler` Lightning puts in its
+    place under DDP.
+
+    - The key: each batch is yielded as (images, targets, key), key = (seed, epoch, batch, rank):
+      the data module's seed, the sampler's epoch (the one its order is keyed on), the batch's index
+      in the epoch and the process's rank. `on_after_batch_transfer` seeds the batch's augmentation
+      with it, so a resumed run draws exactly what an uninterrupted one does. Where the sampler has
+      no epoch (Lightning's `overfit_batches` puts a `SequentialSampler` in its place: the same
+      batches every epoch), the epoch is 0.
+    - The position: Lightning saves a training loader's `state_dict()` in every checkpoint and
+      hands it back through `load_state_dict` when it resumes from one; a plain loader would start
+      the epoch over. The sampler's order is a function of (seed, epoch), so skipping the batches
+      already trained on reproduces the rest of the epoch exactly. A checkpoint from the end of an
+      epoch skips nothing: the resumed run starts the next epoch, whose number differs.
+
+    Args (besides the loader's own):
+        seed: the first element of every key (the data module's seed).
+        rank: the last element of every key (the process's global rank).
     """
 
-    def __iter__(self) -> Iterator[Any]:
+    def __init__(self, *args: Any, seed: int = 0, rank: int = 0, **kwargs: Any) -> None:
+        # Keyword arguments: Lightning rebuilds a DataLoader from the arguments it was made with
+        # (to put a DistributedSampler in under DDP), so the seed and rank survive that.
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, tuple[int, int, int, int]]]:
         return self._batches()
 
     def state_dict(self) -> dict[str, Any]:
@@ -168,25 +190,30 @@ class ResumesMidEpoch:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_at = dict(state_dict)
 
-    def _batches(self) -> Iterator[Any]:
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor, tuple[int, int, int, int]]]:
         # A generator: the epoch is read at the first batch, after Lightning's `set_epoch`.
         epoch = getattr(self.sampler, "epoch", None)
         resume, self._resume_at = getattr(self, "_resume_at", None), None
         skip = resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
         self._position = {"epoch": epoch, "batches": 0}
-        for index, batch in enumerate(super().__iter__()):
+        for index, (images, targets) in enumerate(super().__iter__()):
             if index < skip:
                 continue  # trained on before the interruption
+            # The exact mid-epoch resume relies on Lightning not fetching ahead: its
+            # `_PrefetchDataFetcher` prefetches nothing from a loader with a length (both loaders
+            # have one), so when a checkpoint is written the batches yielded here are exactly the
+            # ones trained on, and the position saved is the next batch's. A batch fetched ahead
+            # would be counted, and skipped untrained by the resumed run.
             self._position["batches"] = index + 1
-            yield batch
+            yield images, targets, (self.seed, 0 if epoch is None else epoch, index, self.rank)
 
 
-class ResumableLoader(ResumesMidEpoch, DataLoader):
-    """A DataLoader that resumes mid-epoch (see `ResumesMidEpoch`)."""
+class ResumableLoader(TrainingBatches, DataLoader):
+    """A DataLoader for training: keyed batches, resumes mid-epoch (see `TrainingBatches`)."""
 
 
-class ResumableDeviceBatches(ResumesMidEpoch, DeviceBatches):
-    """Batches cut on the device (`data.on_device`) that resume mid-epoch (see `ResumesMidEpoch`)."""
+class ResumableDeviceBatches(TrainingBatches, DeviceBatches):
+    """Batches cut on the device (`data.on_device`) for training: keyed, resume mid-epoch (see `TrainingBatches`)."""
 
 
 def unrepeated_sampler(dataset: Dataset, world_size: int, rank: int) -> Sampler | None:
@@ -212,7 +239,7 @@ def loader(
     batch_size: int,
     sampler: Sampler | None = None,
     drop_last: bool = False,
-    resumable: bool = False,
+    training: tuple[int, int] | None = None,
     device: torch.device | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
@@ -222,15 +249,18 @@ def loader(
     Args:
         sampler: the order of an epoch (None: in order).
         drop_last: leave out the last, partial batch.
-        resumable: record the position in the epoch, for checkpoints (training).
+        training: (seed, rank) for a training loader, whose batches come with their augmentation
+            keys and which records its position in the epoch for checkpoints (`TrainingBatches`);
+            None: plain (images, targets) batches.
         device: cut the batches on this device, from a copy of the data set made there
             (`DeviceBatches`); None: a DataLoader on the host.
         num_workers, pin_memory: the DataLoader's.
     """
+    keys = {} if training is None else {"seed": training[0], "rank": training[1]}
     if device is not None:
-        batches = ResumableDeviceBatches if resumable else DeviceBatches
-        return batches(*to_device(dataset, device), batch_size, sampler, drop_last)
-    return (ResumableLoader if resumable else DataLoader)(
+        batches = DeviceBatches if training is None else ResumableDeviceBatches
+        return batches(*to_device(dataset, device), batch_size, sampler, drop_last, **keys)
+    return (DataLoader if training is None else ResumableLoader)(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -239,27 +269,5 @@ def loader(
         pin_memory=pin_memory,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
+        **keys,
     )
-
-
-def augment(
-    images: Tensor,
-    keys: tuple[int, ...],
-    crop_padding: int,
-    hflip: bool,
-    erasing: float,
-    preprocess: Callable[[Tensor], Tensor],
-) -> Tensor:
-    """A uint8 training batch, augmented and preprocessed on its device: crop, flip, `preprocess`, erase.
-
-    Every random draw comes from one generator seeded with `keys` (seed, epoch, batch, rank):
-    a resumed run draws exactly what an uninterrupted one does.
-    """
-    generator = seeded_generator(images.device, *keys)
-    images = random_crop(images, crop_padding, generator)
-    if hflip:
-        images = random_hflip(images, generator)
-    images = preprocess(images)
-    if erasing:
-        images = random_erasing(images, erasing, generator)
-    return images

@@ -2,8 +2,9 @@
 
 `python -m resnet_lit` (resnet_lit.cli) gives every run these; all but the last three are here.
 
-- `BestAndLastCheckpoint`: the best checkpoint by `val/acc`, and `last.ckpt` (it is the one writer
-  of last.ckpt). Off: `--trainer.enable_checkpointing false`.
+- `BestCheckpoint`: the best checkpoint by `val/acc` (the "checkpoint" option group), and
+  `LastCheckpoint`: `last.ckpt` after every epoch (the one writer of last.ckpt besides the save on
+  a signal; off alone: `--checkpoint.save_last false`). Both off: `--trainer.enable_checkpointing false`.
 - `StopOnNonFiniteLoss`: stop at a NaN or infinite loss, whose step changes no weight. Off (with
   a warning): `--stop_on_nan.enabled false`.
 - `SaveOnInterrupt`: on SIGTERM or Ctrl-C, finish the step, save last.ckpt, exit. Off (with a
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -38,7 +39,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from resnet_lit import compat
-from resnet_lit.errors import NonFiniteLossError
+from resnet_lit.errors import BadInput, NonFiniteLossError
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -174,15 +175,26 @@ class EpochLines(Callback):
         )
 
 
-class BestAndLastCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` whose `last.ckpt` is rewritten after every epoch, as its name promises.
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` for the best checkpoint by `val/acc` (the "checkpoint" option group).
 
-    Since Lightning 2.6, a `ModelCheckpoint` with a `monitor` writes `last.ckpt` only at a step
-    where it also wrote a top-k checkpoint: an epoch whose `val/acc` is not the best would leave
-    `last.ckpt` at an older epoch, and `fit --ckpt_path last` would silently redo (or, at the end
-    of a run, lose) the epochs after it. Here `last.ckpt` is written at the end of every epoch
-    that did not already write it, with the same file name, state and atomic save as Lightning's.
+    It never writes `last.ckpt`: `LastCheckpoint` does, after every epoch. Since Lightning 2.6, a
+    `ModelCheckpoint` with a `monitor` writes last.ckpt only at a step where it also wrote a top-k
+    checkpoint: an epoch whose `val/acc` is not the best would leave last.ckpt at an older epoch,
+    and `fit --ckpt_path last` would silently redo (or, at the end of a run, lose) the epochs
+    after it. The command line hands `LastCheckpoint` this group's `save_last`, `dirpath` and
+    `save_on_train_epoch_end` (resnet_lit.cli).
+
+    Args:
+        save_last: whether the run keeps a `last.ckpt`, rewritten after every epoch (default);
+            False: none. "link" is refused (`LastCheckpoint`).
+        **kwargs: Lightning's `ModelCheckpoint` arguments.
     """
+
+    def __init__(self, *, save_last: bool | Literal["link"] | None = True, **kwargs: Any) -> None:
+        # `save_last` is LastCheckpoint's (the command line links it there); Lightning's own
+        # last.ckpt writes stay off here (its save_last None).
+        super().__init__(**kwargs)
 
     @property
     def state_key(self) -> str:
@@ -203,24 +215,72 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         resumed = Path(ckpt_path).resolve().parent if ckpt_path else None
         if saved and here and saved != here and resumed == Path(here).resolve():
             # The run folder was moved or renamed since: its checkpoints are the ones beside the one
-            # resumed. Lightning would forget them (and write last-v1.ckpt beside a stale last.ckpt).
+            # resumed. Lightning would forget them.
             state_dict = _moved(state_dict, saved, here)
         super().load_state_dict(state_dict)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if compat.saves_on_train_epoch_end(self, trainer) and self.save_last:
-            compat.save_last_checkpoint(self, trainer)  # unless written at this very step already
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not compat.saves_on_train_epoch_end(self, trainer) and self.save_last:
-            compat.save_last_checkpoint(self, trainer)
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt`, rewritten after every epoch: the run's newest state, for `fit --ckpt_path last`.
 
-    def save_last_now(self, trainer: Trainer) -> Path:
-        """Write last.ckpt at this step (SIGTERM, Ctrl-C); returns its path."""
-        compat.save_last_checkpoint(self, trainer)
-        return Path(self.last_model_path)
+    Lightning's own `ModelCheckpoint`, keeping one file named `last` with no version counter (the
+    same file every time, never `last-v1.ckpt`). It "monitors" the step, so it writes only once
+    the step has moved on, and `best_model_score` is the step last.ckpt holds. It saves where the
+    best checkpoint does (its folder; at the end of the training epoch or after validation, by
+    Lightning's rule for both) and after it (Lightning keeps ModelCheckpoints in their order), so
+    last.ckpt records the best checkpoint as of its own epoch: `--ckpt_path best` reads it there.
+
+    It keeps no state of its own in the checkpoint (its one file is always `last.ckpt`): only the
+    best checkpoint's state is there, under Lightning's key, as before this callback existed.
+
+    Args:
+        dirpath: the folder (None: the run's `checkpoints/`, as the best checkpoint's).
+        save_on_train_epoch_end: as ModelCheckpoint's; the best checkpoint's.
+        save_last: False: no last.ckpt (this callback writes nothing). "link" is refused: a link to
+            the newest top-k checkpoint would be the best epoch's, not the newest one's.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        save_last: bool | Literal["link"] | None = True,
+    ) -> None:
+        if save_last == "link":
+            raise BadInput(
+                "--checkpoint.save_last link is not supported: last.ckpt is a file of its own, rewritten after "
+                "every epoch (a link would point at the best epoch, not the newest); use true or false"
+            )
+        self.enabled = bool(save_last)
+        super().__init__(
+            dirpath=dirpath,
+            filename=self.CHECKPOINT_NAME_LAST,
+            monitor="step",
+            mode="max",
+            save_top_k=1 if self.enabled else 0,
+            enable_version_counter=False,
+            every_n_epochs=1,
+            save_on_train_epoch_end=save_on_train_epoch_end,
+        )
+
+    @property
+    def path(self) -> Path:
+        return Path(self.format_checkpoint_name({}))
+
+    def save_now(self, trainer: Trainer) -> Path:
+        """Write last.ckpt at this step (SIGTERM, Ctrl-C), unless it was written at this very step; returns its path."""
+        if self.best_model_score is None or int(self.best_model_score) != trainer.global_step:
+            trainer.save_checkpoint(self.path)  # the trainer's CheckpointIO: atomic (resnet_lit.checkpointing)
+        return self.path
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # nothing to keep: Lightning stores no entry for it
+
+
+def last_checkpoint(trainer: Trainer) -> LastCheckpoint | None:
+    """The run's `LastCheckpoint` where it writes last.ckpt (None: none, or turned off)."""
+    found = [c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint) and c.enabled]
+    return found[0] if found and found[0].dirpath is not None else None
 
 
 def _moved(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
@@ -331,8 +391,9 @@ class StopOnNonFiniteLoss(Callback):
             return
         step, epoch, _, loss, lrs = pending[int(flags.argmax())]
         lr = ", ".join(f"{value:g}" for value in sorted({float(v) for v in lrs}))
-        checkpoint = trainer.checkpoint_callback
-        last = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
+        writer = last_checkpoint(trainer)
+        last = str(writer.path) if writer is not None and writer.path.is_file() else ""
+        last = last or getattr(trainer.checkpoint_callback, "best_model_path", "")
         kept = "no checkpoint was saved yet"
         if last and Path(last).is_file():
             kept = f"the last good checkpoint, {last}, is kept"
@@ -403,18 +464,20 @@ class SaveOnInterrupt(Callback):
         exception.signal_name = self._signal_name  # the exit status main() reports
         if trainer.state.fn != TrainerFn.FITTING:
             return
-        checkpoint = trainer.checkpoint_callback
-        saving = isinstance(checkpoint, BestAndLastCheckpoint) and checkpoint.dirpath is not None
-        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking and saving:
-            path = checkpoint.save_last_now(trainer)
+        writer = last_checkpoint(trainer) if not trainer.fast_dev_run else None  # fast_dev_run saves nothing
+        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking and writer is not None:
+            path = writer.save_now(trainer)
             said = f"stopped at epoch {trainer.current_epoch}, step {trainer.global_step} and saved {path}; "
             said += "continue with the same command and --ckpt_path last"
         else:
             # Before the first step (the sanity check, where the first compilation happens), or in the
-            # middle of one: the loops are not at a step's end, so nothing is saved.
+            # middle of one: the loops are not at a step's end, so nothing is saved. (Or no last.ckpt
+            # is kept: --checkpoint.save_last false.)
             where = f"during step {trainer.global_step + 1}"
+            if isinstance(exception, SIGTERMException):
+                where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
             where = "before the first training step" if trainer.sanity_checking else where
-            last = getattr(checkpoint, "last_model_path", "") if saving else ""
+            last = str(writer.path) if writer is not None else ""
             since = trainer.ckpt_path if trainer.sanity_checking and trainer.ckpt_path else None
             if since:
                 kept = f"nothing trained since {since}; continue with the same command"
@@ -454,8 +517,8 @@ class ExactResume(Callback):
         self._max_steps: int | None = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.ckpt_path is not None and compat.max_steps(trainer) != -1:
-            self._max_steps = compat.max_steps(trainer)
+        if trainer.ckpt_path is not None and trainer.max_steps != -1:
+            self._max_steps = trainer.max_steps
             compat.set_max_steps(trainer, -1)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

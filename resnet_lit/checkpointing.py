@@ -204,17 +204,3 @@ def _fsync_folder(folder: Path) -> None:
 
 def _is_remote(path: PathLike) -> bool:
     return "://" in str(path)
-
-
-def best_recorded(checkpoint: dict[str, Any], folder: Path) -> Path | None:
-    """The best checkpoint (by the monitored metric) that a checkpoint's ModelCheckpoint state records.
-
-    Looked up by file name in `folder`, the checkpoint's own folder: the path recorded is the one
-    it had when it was written, and the run folder may have been moved or renamed since.
-    """
-    for state in checkpoint.get("callbacks", {}).values():
-        if isinstance(state, dict) and state.get("best_model_path"):  # a ModelCheckpoint's state
-            best = Path(folder) / Path(state["best_model_path"]).name
-            if best.is_file():
-                return best
-    return None

@@ -1,37 +1,28 @@
 """Data modules: the whole data set as one uint8 tensor in memory, transformed in batches on the device.
 
 torchvision downloads, checksums and parses the files once (`prepare_data`); after that a
-training step indexes a tensor and the DataModule's `on_after_batch_transfer` augments and
-normalizes the batch where the model runs. There is no per-sample PIL work anywhere.
+training step indexes a tensor (`resnet_lit.batches`: the batch and its augmentation key) and the
+DataModule's `on_after_batch_transfer` augments and normalizes the batch where the model runs
+(`resnet_lit.transforms`). There is no per-sample PIL work anywhere. Reading files from disk (a
+`predict` folder's images, the data set's compressed files) is `resnet_lit.files`'s.
 """
 
-import contextlib
-import gzip
 import os
-import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import CIFAR10, FashionMNIST, VisionDataset
 
-from resnet_lit import compat
-from resnet_lit.batches import DeviceBatches, EpochShuffler, TensorImages, augment, loader, unrepeated_sampler
+from resnet_lit import files, transforms
+from resnet_lit.batches import DeviceBatches, EpochShuffler, TensorImages, loader, unrepeated_sampler
 from resnet_lit.errors import BadInput
+from resnet_lit.files import MissingDataError
 from resnet_lit.idx import check_pair
-from resnet_lit.transforms import normalization, normalize, resize
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
-
-class MissingDataError(BadInput):
-    """The data set's files are not on disk and could not be downloaded."""
 
 
 class InMemoryImageDataModule(LightningDataModule):
@@ -188,7 +179,10 @@ class InMemoryImageDataModule(LightningDataModule):
         # drop_last: every step sees a full batch, as the paper's iterations do; the few images
         # left out change every epoch with the shuffle.
         sampler = EpochShuffler(self.train_set, self._seed)
-        return self._batches(self.train_set, sampler=sampler, drop_last=True, resumable=True)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # Each batch comes with its augmentation key (seed, epoch, batch, rank), so a resumed run
+        # draws exactly what an uninterrupted one does (resnet_lit.batches.TrainingBatches).
+        return self._batches(self.train_set, sampler=sampler, drop_last=True, training=(self._seed, rank))
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._batches(self.val_set, sampler=self._evaluation_sampler(self.val_set))
@@ -200,17 +194,19 @@ class InMemoryImageDataModule(LightningDataModule):
         # A DataLoader: PredictionWriter needs the batch indices, which only a DataLoader records.
         return self._batches(self.predict_set, host=True)
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+    def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         if isinstance(batch, Tensor):
             return batch  # the model summary's example_input_array: already model input
-        images, targets = batch
-        trainer = self.trainer
-        if trainer is not None and trainer.training:
-            # Keyed on (seed, epoch, batch, rank): a resumed run draws exactly what an uninterrupted one does.
-            keys = (self._seed, trainer.current_epoch, compat.training_batch_index(trainer), trainer.global_rank)
-            hp = self.hparams
-            return augment(images, keys, hp.crop_padding, hp.hflip, hp.get("erasing", 0.0), self.preprocess), targets
-        return self.preprocess(images), targets
+        # A training batch carries its augmentation key (resnet_lit.batches); validation, test and
+        # predict batches have none. The step gets (images, targets) either way.
+        images, targets, *keyed = batch
+        hp = self.hparams
+        normalization = self._normalization_on(images.device)
+        if not keyed:
+            return transforms.preprocess(images, normalization, hp.resize), targets
+        [key] = keyed
+        erasing = hp.get("erasing", 0.0)  # absent from checkpoints older than the option
+        return transforms.augment(images, key, hp.crop_padding, hp.hflip, erasing, normalization, hp.resize), targets
 
     def state_dict(self) -> dict[str, int]:
         # The seed of the shuffle order and the augmentation draws: a resumed run keeps its own.
@@ -224,28 +220,29 @@ class InMemoryImageDataModule(LightningDataModule):
     # --- helpers ------------------------------------------------------------------------------
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """uint8 batch to the model's input: scaling, normalization and resize (every stage)."""
-        if self.hparams.normalize:
-            if images.device not in self._normalization:
-                self._normalization[images.device] = normalization(self.mean, self.std, images.device)
-            images = normalize(images, *self._normalization[images.device])
-        else:
-            images = images.float().div_(255)
-        if self.hparams.resize:
-            images = resize(images, self.hparams.resize)
-        return images
+        """uint8 batch to the model's input: scaling, normalization and resize (every stage, no augmentation)."""
+        return transforms.preprocess(images, self._normalization_on(images.device), self.hparams.resize)
+
+    def _normalization_on(self, device: torch.device) -> tuple[Tensor, Tensor] | None:
+        """The normalization's (scale, shift) on `device`, made once per device; None without `normalize`."""
+        if not self.hparams.normalize:
+            return None
+        if device not in self._normalization:
+            self._normalization[device] = transforms.normalization(self.mean, self.std, device)
+        return self._normalization[device]
 
     def _batches(
         self,
         dataset: Dataset | None,
         sampler: Sampler | None = None,
         drop_last: bool = False,
-        resumable: bool = False,
+        training: tuple[int, int] | None = None,
         host: bool = False,
     ) -> DataLoader | DeviceBatches:
         """Batches cut on the training device (`on_device`) where that applies, else a DataLoader.
 
-        `resumable`: the loader records its position in the epoch for checkpoints (training).
+        `training`: (seed, rank) of a training loader, which keys its batches and records its position
+        in the epoch for checkpoints (`resnet_lit.batches.loader`).
         """
         if dataset is None:
             raise RuntimeError("the data module was not set up for this stage; call setup() first")
@@ -254,7 +251,7 @@ class InMemoryImageDataModule(LightningDataModule):
         device = None
         if hp.on_device and hp.num_workers == 0 and single_process and not host:
             device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        return loader(dataset, hp.batch_size, sampler, drop_last, resumable, device, hp.num_workers, hp.pin_memory)
+        return loader(dataset, hp.batch_size, sampler, drop_last, training, device, hp.num_workers, hp.pin_memory)
 
     def _evaluation_sampler(self, dataset: Dataset | None) -> Sampler | None:
         trainer = self.trainer
@@ -272,39 +269,17 @@ class InMemoryImageDataModule(LightningDataModule):
 
     def _load(self, train: bool, download: bool) -> VisionDataset:
         root = Path(self.hparams.data_dir)
-        folders = _folders(root)
+        before = files.folders(root)
         try:
             return self._torchvision_dataset(train=train, download=download)
         except (RuntimeError, OSError) as err:  # torchvision: not found, or the download failed
-            _remove_new_empty_folders(root, folders)  # a failed download leaves nothing behind
+            files.remove_new_empty_folders(root, before)  # a failed download leaves nothing behind
             raise MissingDataError(f"{self._missing_message()} ({' '.join(str(err).split())})") from err
 
     def _image_folder(self, folder: Path) -> tuple[TensorImages, list[str]]:
-        if not folder.is_dir():
-            raise MissingDataError(f"data.predict_dir {str(folder)!r} is not a folder")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise MissingDataError(f"data.predict_dir {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        expected = (self.in_channels, self.native_size, self.native_size)
-        images = []
-        for path in files:
-            try:
-                with Image.open(path) as pil:
-                    image = torch.from_numpy(_pixels(pil, self.in_channels, path))
-            except (OSError, UnidentifiedImageError, ValueError) as err:
-                if isinstance(err, ImageModeError):
-                    raise
-                raise BadInput(f"cannot read image {str(path)!r}: {err}") from err
-            image = image.unsqueeze(0) if image.dim() == 2 else image.permute(2, 0, 1)  # (C, H, W)
-            if tuple(image.shape) != expected:
-                c, h, w = image.shape
-                raise BadInput(
-                    f"image {str(path)!r} is {w}x{h} with {c} channel(s); this model expects "
-                    f"{self.native_size}x{self.native_size} with {self.in_channels} channel(s)"
-                )
-            images.append(image)
+        images, names = files.read_images(folder, self.in_channels, self.native_size)
         targets = torch.full((len(images),), -1, dtype=torch.long)  # unknown labels
-        return TensorImages(torch.stack(images), targets), [str(p) for p in files]
+        return TensorImages(images, targets), names
 
 
 class FashionMNISTDataModule(InMemoryImageDataModule):
@@ -326,7 +301,7 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
         raw = Path(self.hparams.data_dir) / "FashionMNIST" / "raw"
         images, labels = (raw / name for name in (self.files[:2] if train else self.files[2:]))
         for name in self.files:  # torchvision wants all four, decompressed, and decompresses only when it downloads
-            _decompress_beside(raw / name)
+            files.decompress_beside(raw / name)
         if images.is_file() and labels.is_file():
             check_pair(images, labels, self.native_size, self.num_classes)
         return FashionMNIST(self.hparams.data_dir, train=train, download=download)
@@ -380,80 +355,6 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             "--data.download true (a verified tarball is extracted without internet), or point "
             f"--data.data_dir at the folder that holds {self.folder}/"
         )
-
-
-def _decompress_beside(path: Path) -> None:
-    """Write `path` from `path.gz` where only the compressed file is there (atomically: a temporary file, renamed)."""
-    packed = path.with_name(path.name + ".gz")
-    if path.exists() or not packed.is_file():
-        return
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with gzip.open(packed, "rb") as source, partial.open("wb") as target:
-            shutil.copyfileobj(source, target)
-        partial.replace(path)
-    except (OSError, EOFError) as err:  # a read-only folder, or a damaged .gz
-        partial.unlink(missing_ok=True)
-        raise MissingDataError(
-            f"could not decompress {str(packed)!r} into {str(path)!r} ({err}): decompress it there yourself, or "
-            "copy the four files to a folder you can write to and point --data.data_dir at it"
-        ) from err
-
-
-def _folders(root: Path) -> set[Path]:
-    """`root`, its ancestors, and every folder below it, as they exist now."""
-    below = {p for p in root.rglob("*") if p.is_dir()} if root.is_dir() else set()
-    return below | {p for p in (root, *root.parents) if p.is_dir()}
-
-
-def _remove_new_empty_folders(root: Path, before: set[Path]) -> None:
-    """Remove the folders under (and up to) `root` that were made since `before` and hold nothing."""
-    for folder in sorted(_folders(root) - before, key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):  # not empty: keep it
-            folder.rmdir()
-
-
-class ImageModeError(BadInput):
-    """An image whose pixels cannot be read as the grey levels or RGB values the model was trained on."""
-
-
-def _pixels(image: Image.Image, channels: int, path: Path) -> np.ndarray:
-    """An image's pixels as uint8 grey levels (H, W) or RGB values (H, W, 3), converted from its mode.
-
-    A palette image ("P") becomes the colours its indices stand for (not the indices); a 1-bit
-    image 0 and 255. Refused: several frames, 16-bit, 32-bit and float pixels (their scale is
-    unknown), transparent pixels (their colour is undefined). A colour image for a grey model,
-    or the other way round, comes back with its channels, for the caller's shape check to refuse
-    (a palette image whose colours are all grey counts as grey).
-    """
-    name = f"image {str(path)!r}"
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1:
-        raise ImageModeError(f"{name} is animated ({frames} frames): save the frame to classify as an image of its own")
-    if image.mode.startswith(("I", "F")):
-        raise ImageModeError(
-            f"{name} holds {image.mode} pixels (16-bit, 32-bit or float), whose scale to 0..255 is unknown: "
-            "save it as an 8-bit image"
-        )
-    palette = image.mode in ("P", "PA")
-    if palette:
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    if image.mode in ("LA", "RGBA", "La", "RGBa"):
-        alpha = np.asarray(image.getchannel("A"))
-        if alpha.min() < 255:
-            raise ImageModeError(
-                f"{name} has transparent pixels, whose grey level or colour is undefined: flatten it onto a "
-                "background first"
-            )
-        image = image.convert("L" if image.mode in ("LA", "La") else "RGB")
-    if image.mode == "1":
-        image = image.convert("L")
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
-    pixels = np.array(image, dtype=np.uint8, copy=True)
-    if palette and channels == 1 and pixels.ndim == 3 and (pixels == pixels[..., :1]).all():
-        pixels = pixels[..., 0]  # a palette of greys: the grey levels it stands for
-    return pixels
 
 
 def _check(condition: bool, message: str) -> None:

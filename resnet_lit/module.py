@@ -235,10 +235,12 @@ class ResNetClassifier(LightningModule):
         hp = self.hparams
         # Fused: the whole update in a few kernels, and it can skip a step on the device
         # (`found_inf`, which resnet_lit.callbacks.StopOnNonFiniteLoss sets) without a host sync.
-        fused = _fused_supported(self.parameters())
+        # The trained network's parameters only: the weight average (`ema_net`) is no optimizer's.
+        parameters = list(self.net.parameters())
+        fused = _fused_supported(parameters)
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(
-                self.parameters(),
+                parameters,
                 lr=hp.lr,
                 momentum=hp.momentum,
                 nesterov=hp.nesterov,
@@ -246,7 +248,7 @@ class ResNetClassifier(LightningModule):
                 fused=fused,
             )
         else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
+            optimizer = torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
         interval = "step" if hp.schedule == "onecycle" else hp.interval
         scheduler = self._scheduler(optimizer, interval)
         # The name is the learning rate's TensorBoard tag (LearningRateMonitor).
@@ -281,7 +283,7 @@ class ResNetClassifier(LightningModule):
         cudagraph trees advance only at marks, so unmarked evaluation batches would all be recorded
         as children of the last training step. A training step is one batch: gradient accumulation,
         whose micro-batches leave `.grad` (a graph output) to the next, is refused with CUDA graphs
-        (resnet_lit.cli.check_run_settings; pytorch issue 169545).
+        (resnet_lit.settings.check_run_settings; pytorch issue 169545).
         """
         if self._graphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -360,6 +362,11 @@ class ResNetClassifier(LightningModule):
         trainer = self.trainer
         checkpoint["resnet_lit_run"] = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before it loads the optimizer's state, so an older checkpoint is read as a new one.
+        for state in checkpoint.get("optimizer_states", []):
+            _drop_average_from_optimizer(state, len(list(self.net.parameters())))
+
     def on_validation_epoch_end(self) -> None:
         # The best val/acc so far, as TensorBoard's hparams view metric ("hp_metric").
         if not self.trainer.sanity_checking:
@@ -373,3 +380,20 @@ FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 def _fused_supported(parameters) -> bool:
     return all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in parameters)
+
+
+def _drop_average_from_optimizer(state: dict[str, Any], trained: int) -> None:
+    """Drop the weight average's copies from an optimizer state saved by earlier resnet_lit code.
+
+    Its optimizer held every parameter of the module: the trained network's (the first `trained`),
+    then the average's. The average's never had a gradient, so the optimizer kept no state for
+    them and never changed them: without them the state is the same run's, and it loads into the
+    optimizer that holds the trained network's parameters only. Any other state is left to load
+    (or fail) as it is.
+    """
+    groups = state.get("param_groups") or []
+    ids = [i for group in groups for i in group["params"]]
+    if len(ids) != 2 * trained or any(i >= trained for i in state.get("state", {})):
+        return
+    for group in groups:
+        group["params"] = [i for i in group["params"] if i < trained]

@@ -252,14 +252,9 @@ def load(path: Path) -> list[Responses]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-    import warnings
+    from resnet_lit.notices import quiet
 
-    from resnet_lit.cli import _drop_lightning_notices
-
-    # The same quiet as python -m resnet_lit: no "no GPU" or advertising lines per checkpoint.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_lightning_notices)
-    warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning 2.6 itself
+    quiet()  # the same quiet as python -m resnet_lit: no "no GPU" or advertising lines per checkpoint
     parser = argparse.ArgumentParser(prog="python -m resnet_lit.responses", description=__doc__.splitlines()[0])
     parser.add_argument("ckpts", nargs="*", metavar="CKPT", help="checkpoints of python -m resnet_lit fit")
     parser.add_argument("--save", type=Path, help="also write what was measured to this JSON file (for --load)")

@@ -19,6 +19,10 @@ from packaging.version import InvalidVersion, Version
 from resnet_lit.checkpointing import CheckpointError, load_checkpoint
 from resnet_lit.errors import BadInput
 from resnet_lit.models import NETWORK_KEYS
+from resnet_lit.runs import LOGS, newest_checkpoint, version_number
+
+# The model's arguments the data module decides (resnet_lit.cli links them): never a checkpoint's default.
+LINKED = ("in_channels", "num_classes", "image_size")
 
 # Hyperparameters of how the run trains: a resumed run keeps its checkpoint's.
 TRAINING_KEYS = (
@@ -51,6 +55,10 @@ DATA_CLASSES = ("FashionMNISTDataModule", "CIFAR10DataModule")
 
 class ResumeError(BadInput):
     """A checkpoint that cannot be used as asked, or a resumed run that would change what it trains."""
+
+
+class CheckpointMismatchError(BadInput):
+    """The checkpoint holds a different network than the one the config asks for."""
 
 
 @dataclass
@@ -107,6 +115,148 @@ def read_settings(path: str) -> CheckpointSettings:
         data_dir_missing=missing,
         shapes=shapes,
     )
+
+
+@dataclass
+class ResolvedCheckpoint:
+    """A checkpoint file to start from; for `fit --ckpt_path last`, the run folder to go on logging in."""
+
+    path: str
+    version: int | None = None
+    named_as: str | None = None  # "last" or "best", where the path was looked up
+
+    def read(self) -> CheckpointSettings:
+        """`read_settings`; a refusal names `--ckpt_path last` (or best) where that is what the user gave."""
+        try:
+            return read_settings(self.path)
+        except BadInput as err:
+            if self.named_as is None:
+                raise
+            raise type(err)(f"--ckpt_path {self.named_as}: {err}") from err
+
+
+def resolve_checkpoint(subcommand: str, config: Any) -> ResolvedCheckpoint | None:
+    """The checkpoint `--ckpt_path` names, as a file (None: there is none to load).
+
+    "last": the newest run's last.ckpt, "best": the checkpoint that run's ModelCheckpoint judged best;
+    `fit --ckpt_path last` goes on logging in that run's folder. Lightning itself looks for last.ckpt
+    only in the new run's folder, and finding none trains (or evaluates) an untrained network
+    with a warning: here that is an error. `validate`, `test` and `predict` need a checkpoint, or
+    `--ckpt_path untrained` to evaluate the network as initialised.
+    """
+    ckpt_path = config.get("ckpt_path")
+    if subcommand != "fit" and ckpt_path is None:
+        raise ResumeError(
+            f"{subcommand} needs trained weights: give --ckpt_path with a checkpoint file, or --ckpt_path last (or "
+            "best) for the newest run's in lightning_logs/; --ckpt_path untrained evaluates an untrained network"
+        )
+    if ckpt_path is None or ckpt_path == "hpc" or "://" in ckpt_path:
+        return None
+    if ckpt_path == "untrained" and subcommand != "fit":
+        config.ckpt_path = None
+        return None
+    if ckpt_path in ("last", "best"):
+        if subcommand == "fit" and ckpt_path == "best":
+            raise ResumeError("fit resumes a run from --ckpt_path last (or a checkpoint file), not from best")
+        if config.trainer.logger not in (None, True):
+            return None  # a logger of the user's own: Lightning's resolution applies
+        root = Path(config.trainer.default_root_dir or ".")
+        try:
+            found = newest_checkpoint(root, ckpt_path)  # refuses a damaged or unsafe last.ckpt
+        except BadInput as err:
+            raise type(err)(f"--ckpt_path {ckpt_path}: {err}") from err
+        if found is None:
+            raise BadInput(
+                f"--ckpt_path {ckpt_path}: no {root / LOGS}/version_*/checkpoints/last.ckpt"
+                f"{' recording a best checkpoint' if ckpt_path == 'best' else ''} to "
+                f"{'resume from' if subcommand == 'fit' else subcommand}; "
+                + (
+                    "run fit without --ckpt_path to start a new run, or give a checkpoint file"
+                    if subcommand == "fit"
+                    else "train one with fit first, or give a checkpoint file"
+                )
+            )
+        if subcommand == "fit":
+            return ResolvedCheckpoint(str(found), version_number(found.parents[1]), ckpt_path)
+        return ResolvedCheckpoint(str(found), named_as=ckpt_path)
+    if Path(ckpt_path).is_dir():
+        raise BadInput(
+            f"--ckpt_path {ckpt_path!r} is a folder, not a checkpoint file: give a .ckpt file (a run keeps them in "
+            "lightning_logs/version_N/checkpoints/), or --ckpt_path last"
+        )
+    if not Path(ckpt_path).is_file():
+        raise BadInput(f"--ckpt_path {ckpt_path!r}: no such file")
+    return ResolvedCheckpoint(ckpt_path)
+
+
+def checkpoint_defaults(subcommand: str, settings: CheckpointSettings) -> dict[str, Any]:
+    """Parser defaults from a checkpoint: its model and data settings, and for fit its run's length."""
+    defaults: dict[str, Any] = {f"model.{k}": v for k, v in settings.model.items() if k not in LINKED}
+    if settings.data_class:
+        data = dict(settings.data)
+        # A folder named by the checkpoint is never downloaded into unless the user says so; a
+        # folder that does not exist here stays the default only to be refused after parsing.
+        data["download"] = False
+        if settings.data_dir_missing is not None:
+            data["data_dir"] = settings.data_dir_missing
+        defaults["data"] = {"class_path": settings.data_class, "init_args": data}
+    if subcommand == "fit":
+        for key in ("max_epochs", "max_steps"):
+            if key in settings.run:
+                defaults[f"trainer.{key}"] = settings.run[key]
+    return defaults
+
+
+def check_data_dir(config: Any, settings: CheckpointSettings) -> None:
+    """Refuse the checkpoint's data folder where it does not exist here and the user named no other."""
+    data_dir = config.data.init_args.get("data_dir") if "init_args" in config.data else None
+    if settings.data_dir_missing is not None and data_dir == settings.data_dir_missing:
+        raise ResumeError(
+            f"{settings.path} was trained on data in {settings.data_dir_missing!r}, which does not exist here: "
+            "give the folder that holds the data with --data.data_dir"
+        )
+
+
+def check_network(settings: CheckpointSettings, differences: list[str], config_given: bool) -> None:
+    """Refuse a checkpoint whose network differs from the one asked for (`network_differences`)."""
+    if not differences:
+        return
+    if config_given:
+        asked, drop = "the config asks for", "drop --config (the checkpoint rebuilds its own model and data)"
+    else:
+        asked, drop = "the options ask for", "drop those options"
+    raise CheckpointMismatchError(
+        f"{settings.path} holds a different network than {asked}: {', '.join(differences)}; "
+        f"{drop}, or give the matching checkpoint"
+    )
+
+
+def check_resume(config: Any, settings: CheckpointSettings) -> None:
+    """Refuse a `fit` that would change more of the run its checkpoint holds than resuming allows."""
+    changes = resume_differences(config, settings)
+    if changes:
+        raise ResumeError(
+            f"--ckpt_path {settings.path}: a resumed run continues with its own network, training "
+            f"settings and data, and these differ: {', '.join(changes)}; drop them to resume (more epochs "
+            "and speed settings may change), or start a new run without --ckpt_path"
+        )
+
+
+def check_weights_fit(settings: CheckpointSettings, model: Any) -> None:
+    """Refuse a checkpoint whose tensors do not fit the network built from it (a partial or edited checkpoint)."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing = sorted(expected.keys() - settings.shapes.keys())
+    unexpected = sorted(settings.shapes.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & settings.shapes.keys() if expected[k] != settings.shapes[k])
+    problems = []
+    for what, keys in (("lacks", missing), ("has unexpected", unexpected), ("has other shapes for", wrong)):
+        if keys:
+            problems.append(f"{what} {len(keys)} tensor(s) ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    if problems:
+        raise ResumeError(
+            f"{settings.path} does not fit the {model.hparams.arch} it describes: its state_dict "
+            f"{'; '.join(problems)}; give a complete checkpoint that python -m resnet_lit fit wrote"
+        )
 
 
 def _check_lightning_version(version: Any, path: str) -> None:
@@ -199,10 +349,19 @@ def _init_arguments() -> set[str]:
 
 
 __all__ = [
+    "LINKED",
     "CheckpointError",
+    "CheckpointMismatchError",
     "CheckpointSettings",
+    "ResolvedCheckpoint",
     "ResumeError",
+    "check_data_dir",
+    "check_network",
+    "check_resume",
+    "check_weights_fit",
+    "checkpoint_defaults",
     "network_differences",
     "read_settings",
+    "resolve_checkpoint",
     "resume_differences",
 ]

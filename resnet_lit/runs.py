@@ -10,6 +10,7 @@ import contextlib
 import re
 import shutil
 from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,9 @@ class ExclusiveTensorBoardLogger(TensorBoardLogger):
     run, so a refused run leaves nothing behind) the version is the next free number, as
     Lightning's logger has it; then the folder is claimed with `claim_version`, and the version is
     the one claimed. Under DDP only the process of rank 0 claims; the others learn the folder from
-    it, as with Lightning's own logger.
+    it, as with Lightning's own logger. The version is Lightning's private `_version`, which has no
+    setter; no upstream issue about two runs taking one folder was found: Lightning's logger picks
+    the next number by listing the folders (`TensorBoardLogger._get_next_version`, Lightning 2.6).
 
     The HPARAMS tab: a training run's row shows its hyperparameters against the `hp_metric` it
     logs itself (the best val/acc), with no placeholder value at step 0 (Lightning logs -1 there);
@@ -129,19 +132,48 @@ class ExclusiveTensorBoardLogger(TensorBoardLogger):
         return super().experiment
 
 
-def newest_checkpoint(root: Path, which: str) -> Path | None:
-    """The `last.ckpt` of the newest run under `root/lightning_logs` that has one ("last"), or its best ("best").
+@dataclass(frozen=True)
+class RunCheckpoints:
+    """The checkpoints of one run folder: its `last.ckpt`, and the best one it records."""
 
-    The best checkpoint is the one that run's ModelCheckpoint recorded as best (by `val/acc`) in
-    its `last.ckpt`; None where no run has a last.ckpt (or, for "best", where it records none).
+    folder: Path  # the run's version_N folder
+    last: Path  # its checkpoints/last.ckpt
+
+    def best(self) -> Path | None:
+        """The checkpoint the run's best checkpoint callback (by `val/acc`) recorded as best in last.ckpt.
+
+        Looked up by file name beside last.ckpt: the path recorded is the one it had when it was
+        written, and the run folder may have been moved or renamed since. None where it records none.
+
+        Raises:
+            BadInput, CheckpointError: last.ckpt is gone, damaged or unsafe (resnet_lit.checkpointing).
+        """
+        from resnet_lit.checkpointing import load_checkpoint  # imports torch: only when asked
+
+        for state in load_checkpoint(self.last).get("callbacks", {}).values():
+            if isinstance(state, dict) and state.get("best_model_path"):  # a ModelCheckpoint's state
+                best = self.last.parent / Path(state["best_model_path"]).name
+                if best.is_file():
+                    return best
+        return None
+
+
+def newest_run(root: Path) -> RunCheckpoints | None:
+    """The newest run under `root/lightning_logs` with a `last.ckpt` (the one to resume), or None.
+
+    The one lookup of a run's checkpoints: `--ckpt_path last|best` (resnet_lit.cli, resnet_lit.export)
+    and the sweep's resume, finished-run and stop reports (resnet_lit.sweep) all go through it.
     """
-    from resnet_lit.checkpointing import best_recorded, load_checkpoint  # imports torch: only when asked
-
     for folder in reversed(run_folders(Path(root) / LOGS)):
         last = folder / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            continue
-        if which == "last":
-            return last
-        return best_recorded(load_checkpoint(last), last.parent)
+        if last.is_file():
+            return RunCheckpoints(folder, last)
     return None
+
+
+def newest_checkpoint(root: Path, which: str) -> Path | None:
+    """The newest run's `last.ckpt` ("last"), or the best checkpoint it records ("best"); None: none."""
+    run = newest_run(root)
+    if run is None:
+        return None
+    return run.last if which == "last" else run.best()

@@ -52,7 +52,7 @@ import torch
 from resnet_lit import report, slurm
 from resnet_lit.checkpointing import CheckpointError
 from resnet_lit.errors import say_refusal
-from resnet_lit.runs import newest_checkpoint
+from resnet_lit.runs import newest_run
 
 try:
     import fcntl
@@ -177,7 +177,7 @@ def run_job(job: Job, extra: list[str], python: list[str]) -> dict:
 
 
 def _fit(job: Job, extra: list[str], python: list[str]) -> dict:
-    resume = newest_checkpoint(job.folder, "last") is not None
+    resume = newest_run(job.folder) is not None
     command = [*python, "fit", "--config", str(job.config), *_base(job), *extra]
     if resume:  # an interrupted fit: go on from its last.ckpt, in its log folder (resnet_lit.cli)
         command += ["--ckpt_path", "last"]
@@ -188,16 +188,16 @@ def _fit(job: Job, extra: list[str], python: list[str]) -> dict:
         job.env,
         job.inherited,
     )
-    last = newest_checkpoint(job.folder, "last")
-    if last is None:
+    run = newest_run(job.folder)
+    if run is None:
         raise RunFailed(f"{job.name}: fit wrote no checkpoint (see {job.folder / 'fit.log'})")
     try:  # the project's checked reader: a damaged checkpoint is this run's failure, in one line
-        best = newest_checkpoint(job.folder, "best") or last
+        best = run.best() or run.last
     except CheckpointError as err:
         raise RunFailed(f"{job.name}: {err}") from err
     return {
         "config": str(job.config),
-        "fit_dir": str(last.parents[1]),
+        "fit_dir": str(run.folder),
         "best_ckpt": str(best),
         "fit_seconds": round(fit_seconds, 1),
         "fit_command": command,
@@ -288,8 +288,8 @@ def _what_it_did(what: str, log: Path, code: int) -> str:
     saved = list(SAVED.finditer(text[start:] if start >= 0 else text))
     if saved:
         return f"{what} {saved[-1].group(1)}, saved {saved[-1].group(2)}"
-    last = newest_checkpoint(log.parent, "last")  # the log lies in the run's folder
-    rerun = f"the rerun goes on from {last}" if last else "the rerun starts it over (no checkpoint yet)"
+    run = newest_run(log.parent)  # the log lies in the run's folder
+    rerun = f"the rerun goes on from {run.last}" if run else "the rerun starts it over (no checkpoint yet)"
     return f"{what} stopped without saving (exit {code}); {rerun}"
 
 

@@ -1,8 +1,10 @@
 """Batched image transforms that run on the training device, one random draw per sample.
 
 torchvision.transforms.v2 applied to a batch tensor draws one set of random parameters for the
-whole batch; these functions draw them per sample, from a generator the caller seeds, so an
-epoch's augmentation is a function of (seed, epoch, batch) alone and a resumed run repeats it.
+whole batch; these functions draw them per sample, from a generator seeded with the batch's key,
+so an epoch's augmentation is a function of (seed, epoch, batch, rank) alone and a resumed run
+repeats it. `augment` is a training batch's whole recipe and `preprocess` every stage's; the data
+modules' `on_after_batch_transfer` calls them.
 """
 
 import math
@@ -111,3 +113,41 @@ def seeded_generator(device: torch.device, *keys: int) -> torch.Generator:
     for key in keys:
         seed = (seed * 1_000_003 + int(key)) % (2**63 - 1)  # a polynomial hash: order matters
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def preprocess(images: Tensor, normalization: tuple[Tensor, Tensor] | None, size: int | None) -> Tensor:
+    """A uint8 batch to the model's input (every stage): normalized, or only scaled to [0, 1], then resized.
+
+    Args:
+        images: (B, C, H, W) uint8.
+        normalization: `normalization`'s (scale, shift) on the images' device; None: scale to [0, 1] only.
+        size: `resize` to size x size; None: the native size.
+    """
+    images = normalize(images, *normalization) if normalization is not None else images.float().div_(255)
+    return resize(images, size) if size else images
+
+
+def augment(
+    images: Tensor,
+    key: tuple[int, ...],
+    crop_padding: int,
+    hflip: bool,
+    erasing: float,
+    normalization: tuple[Tensor, Tensor] | None,
+    size: int | None,
+) -> Tensor:
+    """A uint8 training batch to the model's input, augmented: crop, flip, `preprocess`, erase.
+
+    Every random draw comes from one generator seeded with `key` (seed, epoch, batch, rank), the
+    key the training loader hands out with the batch: a resumed run draws exactly what an
+    uninterrupted one does. Crop and flip work on pixels; erasing fills with 0 after normalization,
+    which is the data set's mean.
+    """
+    generator = seeded_generator(images.device, *key)
+    images = random_crop(images, crop_padding, generator)
+    if hflip:
+        images = random_hflip(images, generator)
+    images = preprocess(images, normalization, size)
+    if erasing:
+        images = random_erasing(images, erasing, generator)
+    return images

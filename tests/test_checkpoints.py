@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import data_flags, refused, snapshot
+from helpers import FAST, data_flags, refused, snapshot
 from processes import finish, run_module
 from torchvision.datasets import FashionMNIST
 
 from resnet_lit.checkpointing import load_checkpoint
 from resnet_lit.cli import ResNetCLI
 from resnet_lit.runs import claim_version
-
-FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
 
 
 def fit(*extra: str, epochs: int = 1) -> ResNetCLI:

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import hparams_plugin, scalars
+from helpers import FAST, hparams_plugin, scalars
 
 from resnet_lit.cli import ResNetCLI, main
 from resnet_lit.data import FashionMNISTDataModule
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=2"]
 
 
 def fit(data_args, *extra: str, epochs: int = 1) -> ResNetCLI:

@@ -9,7 +9,7 @@ import torchvision
 from PIL import Image
 
 from resnet_lit.data import CIFAR10DataModule, FashionMNISTDataModule, MissingDataError
-from resnet_lit.transforms import random_crop, random_hflip, seeded_generator
+from resnet_lit.transforms import augment, random_crop, random_hflip, seeded_generator
 
 
 def make(fashion_root, **kwargs) -> FashionMNISTDataModule:
@@ -52,12 +52,34 @@ def test_training_batches_use_the_full_training_set_in_a_seeded_order(fashion_ro
     dm.setup("fit")
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
-    first = torch.cat([y for _, y in loader])
+    first = torch.cat([y for _, y, _ in loader])
     loader.sampler.set_epoch(0)
-    assert torch.equal(first, torch.cat([y for _, y in loader]))
+    assert torch.equal(first, torch.cat([y for _, y, _ in loader]))
     loader.sampler.set_epoch(1)
-    assert not torch.equal(first, torch.cat([y for _, y in loader]))
+    assert not torch.equal(first, torch.cat([y for _, y, _ in loader]))
     assert len(first) == 500  # 10 full batches (drop_last keeps batches full)
+
+
+@pytest.mark.parametrize("on_device", [True, False], ids=["on device", "DataLoader"])
+def test_each_training_batch_comes_with_its_key_and_is_augmented_with_it(fashion_root, on_device):
+    dm = make(fashion_root, seed=3, erasing=0.5, on_device=on_device)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(2)
+    batches = list(loader)
+    assert [key for *_, key in batches] == [(3, 2, index, 0) for index in range(10)]  # (seed, epoch, batch, rank)
+    # Resumed after 4 batches of epoch 2: the rest of the epoch, each batch with the key it had.
+    loader.load_state_dict({"epoch": 2, "batches": 4})
+    resumed = list(loader)
+    assert [key for *_, key in resumed] == [key for *_, key in batches[4:]]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, batches[4:], strict=True))
+    # The hook augments a keyed batch with its own key, and hands the step (images, targets).
+    images, targets, key = batches[5]
+    x, y = dm.on_after_batch_transfer(batches[5], 0)
+    normalization = dm._normalization_on(images.device)
+    assert torch.equal(x, augment(images, key, 4, True, 0.5, normalization, None)) and torch.equal(y, targets)
+    assert not torch.equal(x, dm.preprocess(images))
+    assert not torch.equal(x, augment(images, (3, 2, 6, 0), 4, True, 0.5, normalization, None))
 
 
 def test_random_crop_draws_a_different_offset_per_image():

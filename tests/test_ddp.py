@@ -45,7 +45,10 @@ def test_ddp_on_two_processes_counts_every_evaluation_image_once(tmp_path):
     run(["test", f"--ckpt_path={ckpt}", *QUIET], cwd=tmp_path)  # version_2, one process
     ddp_acc, single_acc = logged(logs / "version_1", "test/acc"), logged(logs / "version_2", "test/acc")
     assert ddp_acc == single_acc
-    assert (ddp_acc * 201) == pytest.approx(round(ddp_acc * 201), abs=1e-4)  # a count out of 201, not 202
+    # A count out of 201, not 202 (one image padded in twice): k / 202 is no count out of 201 for
+    # any 0 < k < 202, but 0 and 1 are counts out of both, so the run's accuracy must lie between.
+    assert 0 < ddp_acc < 1, ddp_acc
+    assert (ddp_acc * 201) == pytest.approx(round(ddp_acc * 201), abs=1e-4)
 
     # The validation during the two-process fit saw each of the 101 images once, too: its accuracy
     # and its loss (the mean over every image) are the single process's.

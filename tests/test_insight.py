@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import has_graph, images, scalars
+from helpers import FAST, has_graph, images, scalars
 
 from resnet_lit.cli import ResNetCLI, main
 from resnet_lit.data import FashionMNISTDataModule
-from resnet_lit.insight import ConfidentMistakes, Insight, format_table, render_confusion, render_mistakes, tag_name
+from resnet_lit.drawing import render_confusion, render_mistakes
+from resnet_lit.insight import ConfidentMistakes, Insight, format_table, tag_name
 
 CLASSES = FashionMNISTDataModule.classes
-FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=2"]
 N_TEST = 200  # the stand-in test set (tests/conftest.py)
 
 

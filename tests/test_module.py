@@ -1,5 +1,6 @@
 """ResNetClassifier through the public class and a Trainer."""
 
+import copy
 import re
 from types import SimpleNamespace
 
@@ -135,3 +136,45 @@ def test_hp_metric_is_the_best_val_acc_so_far(monkeypatch):
         ("hp_metric", pytest.approx(0.8)),
         ("hp_metric", pytest.approx(0.9)),
     ]
+
+
+# --- the optimizer trains the network, not its weight average -------------------------------------
+
+
+def test_the_optimizer_holds_the_trained_networks_parameters_only():
+    model = ResNetClassifier(arch="resnet8", ema_decay=0.9)
+    optimizer = model.configure_optimizers()["optimizer"]
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert [id(p) for p in held] == [id(p) for p in model.net.parameters()]
+
+
+def one_sgd_step(model: ResNetClassifier, optimizer: torch.optim.Optimizer, seed: int) -> None:
+    torch.manual_seed(seed)
+    images, targets = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(images), targets).backward()
+    optimizer.step()
+
+
+def test_an_optimizer_state_that_also_held_the_weight_average_resumes_the_same_run():
+    # Earlier code gave the optimizer every parameter of the module, the average's frozen copies
+    # too: its checkpoints list twice the network's parameters (state for the first half only).
+    hp = {"arch": "resnet8", "ema_decay": 0.9}
+    torch.manual_seed(0)
+    before = ResNetClassifier(**hp)
+    old = torch.optim.SGD(before.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    one_sgd_step(before, old, seed=1)
+    # A copy, as a checkpoint file is: the state dicts hold the live tensors.
+    checkpoint = copy.deepcopy({"state_dict": before.state_dict(), "optimizer_states": [old.state_dict()]})
+    trained = len(list(before.net.parameters()))
+    assert len(checkpoint["optimizer_states"][0]["param_groups"][0]["params"]) == 2 * trained
+
+    resumed = ResNetClassifier(**hp)
+    resumed.load_state_dict(checkpoint["state_dict"])
+    resumed.on_load_checkpoint(checkpoint)  # as Lightning calls it, before it loads the optimizer's state
+    optimizer = resumed.configure_optimizers()["optimizer"]
+    optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+    one_sgd_step(resumed, optimizer, seed=2)
+    one_sgd_step(before, old, seed=2)
+    for key, value in before.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key

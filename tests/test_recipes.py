@@ -7,13 +7,14 @@ flips, on the stand-in data through the CLI.
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_identical, data_flags
+from helpers import FAST, assert_identical, data_flags
+from lightning.pytorch import Callback, Trainer
 
 from resnet_lit import ResNetClassifier
 from resnet_lit.cli import ResNetCLI
 from resnet_lit.transforms import random_erasing, seeded_generator
 
-FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=5", "--model.arch=resnet8"]
+SMALL = [*FAST, "--model.arch=resnet8"]
 OPTIONS = {
     "label smoothing": ["--model.label_smoothing=0.1"],
     "random erasing": ["--data.erasing=0.5"],
@@ -25,17 +26,24 @@ OPTIONS = {
 # --- each option changes what it should ---------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")  # steps called directly
 def test_label_smoothing_is_in_the_training_loss_only():
     torch.manual_seed(0)
     model = ResNetClassifier(arch="resnet8", label_smoothing=0.1)
     images, targets = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    logits = model(images)
-    loss = model.training_step((images, targets), 0).item()
-    assert loss == pytest.approx(F.cross_entropy(logits, targets, label_smoothing=0.1).item())
-    assert loss != pytest.approx(F.cross_entropy(logits, targets).item())
-    model.eval()
     with torch.no_grad():
-        assert model._eval_step((images, targets), "val", model.val_acc, model.val_loss).shape == (8, 10)
+        logits = model(images)  # training mode: the logits the training step sees
+        smoothed, plain = (F.cross_entropy(logits, targets, label_smoothing=s).item() for s in (0.1, 0.0))
+        assert abs(smoothed - plain) > 1e-3  # far enough apart (the tolerance is 1e-6) to tell them apart
+        assert model.training_step((images, targets), 0).item() == pytest.approx(smoothed, rel=1e-6)
+        model.eval()
+        logits = model(images)
+        smoothed, plain = (F.cross_entropy(logits, targets, label_smoothing=s).item() for s in (0.1, 0.0))
+        model.validation_step((images, targets), 0)
+        model.test_step((images, targets), 0)
+    assert abs(smoothed - plain) > 1e-3
+    assert model.val_loss.compute().item() == pytest.approx(plain, rel=1e-6)
+    assert model.test_loss.compute().item() == pytest.approx(plain, rel=1e-6)
 
 
 def test_random_erasing_fills_one_rectangle_per_chosen_image_with_the_mean():
@@ -54,19 +62,60 @@ def test_random_erasing_fills_one_rectangle_per_chosen_image_with_the_mean():
     assert torch.equal(random_erasing(images, 0.0, seeded_generator(torch.device("cpu"), 0)), images)
 
 
-def test_random_erasing_touches_training_batches_only(fashion_root):
+class ModelInputs(Callback):
+    """The image batches as the model receives them (after the data module's on_after_batch_transfer), by stage."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.images["train"].append(batch[0].clone())
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.images["val"].append(batch[0].clone())
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.images["test"].append(batch[0].clone())
+
+
+def test_random_erasing_touches_training_batches_only(fashion_root, tmp_path):
     from resnet_lit import FashionMNISTDataModule
 
-    data = FashionMNISTDataModule(data_dir=str(fashion_root), download=False, val_size=100, erasing=1.0)
-    data.setup("fit")
-    images, targets = next(iter(data.val_dataloader()))
-    evaluated, _ = data.on_after_batch_transfer((images, targets), 0)  # no trainer: not training
-    assert not (evaluated == 0).all(dim=1).flatten(1).any(1).all()
+    data = FashionMNISTDataModule(
+        data_dir=str(fashion_root), download=False, val_size=100, batch_size=50, erasing=1.0, seed=0
+    )
+    inputs = ModelInputs()
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[inputs],
+    )
+    model = ResNetClassifier(arch="resnet8")
+    trainer.fit(model, data)
+    trainer.test(model, data, verbose=False)
+    # An erased rectangle is the data set's mean, 0 after normalization, over 2% or more of the image.
+    erased_pixels = 0.019 * 28 * 28
+
+    def zeros(batches: list[torch.Tensor]) -> torch.Tensor:
+        assert batches
+        return torch.cat(batches).eq(0).all(dim=1).flatten(1).sum(1)
+
+    assert (zeros(inputs.images["train"]) >= erased_pixels).all()  # erasing=1.0: every training image
+    assert (zeros(inputs.images["val"]) < erased_pixels).all()
+    assert (zeros(inputs.images["test"]) < erased_pixels).all()
 
 
 @pytest.mark.slow  # trains more than once, or for several epochs
 def test_the_weight_average_evaluates_and_is_checkpointed(in_tmp, data_args):
-    cli = ResNetCLI(args=["fit", *FAST, "--model.ema_decay=0.9", "--trainer.max_epochs=2", *data_args])
+    cli = ResNetCLI(args=["fit", *SMALL, "--model.ema_decay=0.9", "--trainer.max_epochs=2", *data_args])
     model = cli.model.eval()
     assert not torch.equal(model.ema_net.fc.weight, model.net.fc.weight)  # an average, not a copy
     images = torch.randn(4, 1, 28, 28)
@@ -79,14 +128,23 @@ def test_the_weight_average_evaluates_and_is_checkpointed(in_tmp, data_args):
     assert tested.model.ema_net is not None
 
 
+@pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")  # steps called directly
 def test_test_time_flips_average_the_two_softmaxes():
     torch.manual_seed(0)
     model = ResNetClassifier(arch="resnet8", tta=True).eval()
-    images = torch.randn(4, 1, 28, 28)
+    images, targets = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     with torch.no_grad():
-        expected = (model.net(images).softmax(1) + model.net(images.flip(-1)).softmax(1)) / 2
-        out = model.predict_step((images, torch.zeros(4, dtype=torch.long)), 0)
+        unflipped = model.net(images).softmax(1)
+        expected = (unflipped + model.net(images.flip(-1)).softmax(1)) / 2
+        assert (expected - unflipped).abs().max() > 1e-3  # the mirror image changes the answer
+        logits = model.validation_step((images, targets), 0)
+        out = model.predict_step((images, targets), 0)
+    # What evaluation scores is the log of the averaged softmax: its loss and accuracy are the average's.
+    torch.testing.assert_close(logits.exp(), expected)
+    torch.testing.assert_close(model.val_loss.compute(), F.nll_loss(expected.log(), targets))
+    torch.testing.assert_close(model.val_acc.compute(), (expected.argmax(1) == targets).float().mean())
     torch.testing.assert_close(out["confidence"], expected.max(1).values)
+    assert torch.equal(out["predicted"], expected.argmax(1))
 
 
 @pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")  # a step called directly
@@ -106,7 +164,7 @@ def test_test_time_flips_keep_the_loss_of_a_confident_mistake_finite():
 
 @pytest.mark.slow  # trains more than once, or for several epochs
 def test_test_time_flips_are_an_option_of_test(in_tmp, data_args):
-    ResNetCLI(args=["fit", *FAST, "--trainer.max_epochs=1", *data_args])
+    ResNetCLI(args=["fit", *SMALL, "--trainer.max_epochs=1", *data_args])
     ckpt = "lightning_logs/version_0/checkpoints/last.ckpt"
     plain = ResNetCLI(args=["test", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false"])
     flipped = ResNetCLI(args=["test", f"--ckpt_path={ckpt}", "--model.tta=true", "--trainer.enable_progress_bar=false"])
@@ -121,7 +179,7 @@ def test_test_time_flips_are_an_option_of_test(in_tmp, data_args):
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS)
 def test_a_resumed_run_with_the_option_ends_on_the_uninterrupted_weights(tmp_path, fashion_root, monkeypatch, options):
     monkeypatch.chdir(tmp_path)
-    args = ["fit", *FAST, "--trainer.deterministic=true", *options, *data_flags(fashion_root)]
+    args = ["fit", *SMALL, "--trainer.deterministic=true", *options, *data_flags(fashion_root)]
     whole = ResNetCLI(args=[*args, "--trainer.max_epochs=2", "--trainer.default_root_dir=whole"])
     ResNetCLI(args=[*args, "--trainer.max_epochs=1"])
     resumed = ResNetCLI(args=[*args, "--trainer.max_epochs=2", "--ckpt_path=last"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_identical, data_flags, logged_steps, refused, snapshot, weights
+from helpers import FAST, assert_identical, data_flags, logged_steps, refused, snapshot, weights
 from lightning.pytorch import Callback
 from PIL import Image
 from processes import REPO, finish, run_module
@@ -29,7 +29,6 @@ from resnet_lit.cli import ResNetCLI, main
 from resnet_lit.errors import NonFiniteLossError
 from resnet_lit.module import ResNetClassifier
 
-FAST = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
 # Two epochs of 10 steps; the cosine schedule changes the lr every step, so its state must resume too.
 EXACT = ["--trainer.max_epochs=2", "--trainer.deterministic=true", "--seed_everything=7", *FAST]
 # Two epochs of 10 steps, under two kinds of config: one that stops at max_epochs (the Table 1

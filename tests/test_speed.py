@@ -8,6 +8,7 @@ channels_last are on by default.
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from resnet_lit import FashionMNISTDataModule, ResNetClassifier
@@ -82,9 +83,9 @@ def test_on_device_batches_are_the_dataloaders_batches(fashion_root):
             loader.sampler.set_epoch(epoch)  # as Lightning does at the start of every epoch
         batches_on, batches_off = list(loaders[0]), list(loaders[1])
         assert len(loaders[0]) == len(loaders[1]) == len(batches_on) == len(batches_off) == 10  # drop_last
-        for (images, targets), (images_dl, targets_dl) in zip(batches_on, batches_off, strict=True):
-            assert torch.equal(images, images_dl) and torch.equal(targets, targets_dl)
-        orders.append(torch.cat([targets for _, targets in batches_on]))
+        for (images, targets, key), (images_dl, targets_dl, key_dl) in zip(batches_on, batches_off, strict=True):
+            assert torch.equal(images, images_dl) and torch.equal(targets, targets_dl) and key == key_dl
+        orders.append(torch.cat([targets for _, targets, _ in batches_on]))
     assert not torch.equal(*orders)  # a new shuffle every epoch
     for stage in ("val", "test"):
         batches_on = list(getattr(on, f"{stage}_dataloader")())
@@ -116,16 +117,27 @@ def test_on_device_trains_exactly_as_the_dataloader(default_run, tmp_path, fashi
 # --- pinned memory and non-blocking transfer ---------------------------------------------------
 
 
+# Without an accelerator torch leaves the batch unpinned, and says so; here that is expected.
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator:UserWarning")
 def test_pinned_batches_are_copied_non_blocking(fashion_root, monkeypatch):
-    assert datamodule(fashion_root, pin_memory=True, on_device=False).train_dataloader().pin_memory
-    # Lightning moves every batch with `Tensor.to(device, non_blocking=True)` (CPU excepted), which
-    # overlaps the copy of a pinned batch with the GPU's work; record it without a GPU.
+    data = datamodule(fashion_root, pin_memory=True, on_device=False)
+    loader = data.train_dataloader()
+    assert loader.pin_memory  # the DataLoader pins each batch (where there is an accelerator)
+    batch = next(iter(loader))  # a real training batch: images, targets and their augmentation key
+    # Lightning moves a batch with `Tensor.to(device, non_blocking=True)` (CPU excepted), which
+    # overlaps the copy of a pinned batch with the GPU's work. Record what our batch asks for,
+    # without a GPU: the two pinned tensors, and nothing for the key (plain ints, no tensor made
+    # on the host every step).
     model = ResNetClassifier(arch="resnet8")
-    batch = (torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
     calls = []
-    monkeypatch.setattr(torch.Tensor, "to", lambda self, *args, **kwargs: calls.append(kwargs) or self)
-    model.transfer_batch_to_device(batch, torch.device("cuda", 0), 0)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "to", lambda self, *args, **kwargs: calls.append(kwargs) or self)
+        moved = model.transfer_batch_to_device(batch, torch.device("cuda", 0), 0)
     assert calls == [{"non_blocking": True}] * 2
+    assert moved[2] == batch[2] and all(isinstance(k, int) for k in moved[2])
+    # The data module's hook hands the step what it takes: the augmented images and the targets.
+    images, targets = data.on_after_batch_transfer(moved, 0)
+    assert images.dtype == torch.float32 and torch.equal(targets, batch[1])
 
 
 # --- channels_last -----------------------------------------------------------------------------
@@ -208,6 +220,20 @@ def test_compile_mode_reaches_torch_compile_and_graphs_only_on_a_gpu(monkeypatch
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_the_optimizer_is_fused_so_a_step_can_be_skipped_on_the_device(optimizer):
+    torch.manual_seed(0)
     model = ResNetClassifier(arch="resnet8", optimizer=optimizer)
     opt = model.configure_optimizers()["optimizer"]
-    assert opt.defaults["fused"]  # one kernel per update; StopOnNonFiniteLoss hands it `found_inf`
+    assert opt.defaults["fused"]  # what StopOnNonFiniteLoss looks for before it hands over `found_inf`
+    images, targets = torch.rand(4, 1, 28, 28), torch.arange(4)
+
+    def step(bad: float) -> list[bool]:
+        """One update with the guard's verdict handed over; for each weight, whether it stayed as it was."""
+        opt.zero_grad()
+        F.cross_entropy(model(images), targets).backward()
+        opt.found_inf = torch.tensor(bad)  # as StopOnNonFiniteLoss sets it: 1 where the loss was not finite
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step()
+        return [torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True)]
+
+    assert all(step(1.0))  # skipped on the device: no weight moved
+    assert not any(step(0.0))  # a finite loss: every weight is updated
