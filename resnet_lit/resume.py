@@ -19,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 from resnet_lit.checkpointing import CheckpointError, load_checkpoint
 from resnet_lit.errors import BadInput
 from resnet_lit.models import NETWORK_KEYS
-from resnet_lit.runs import LOGS, newest_checkpoint, version_number
+from resnet_lit.runs import LOGS, newest_checkpoint, newest_run, version_number
 
 # The model's arguments the data module decides (resnet_lit.cli links them): never a checkpoint's default.
 LINKED = ("in_channels", "num_classes", "image_size")
@@ -165,6 +165,13 @@ def resolve_checkpoint(subcommand: str, config: Any) -> ResolvedCheckpoint | Non
             found = newest_checkpoint(root, ckpt_path)  # refuses a damaged or unsafe last.ckpt
         except BadInput as err:
             raise type(err)(f"--ckpt_path {ckpt_path}: {err}") from err
+        run = newest_run(root)
+        if found is None and run is not None:  # best: the newest run has a last.ckpt but records no best
+            raise BadInput(
+                f"--ckpt_path best: the newest run, {run.folder}, records no best checkpoint (it stopped before "
+                "its first validation, or validation was off); give a checkpoint file, such as one of an older "
+                "run's, or --ckpt_path last"
+            )
         if found is None:
             raise BadInput(
                 f"--ckpt_path {ckpt_path}: no {root / LOGS}/version_*/checkpoints/last.ckpt"

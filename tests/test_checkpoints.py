@@ -141,6 +141,20 @@ def test_evaluating_last_or_best_takes_the_newest_runs_checkpoint(subcommand, tm
     assert not (tmp_path / "lightning_logs/version_0/checkpoints/last-v1.ckpt").exists()
 
 
+def test_best_where_the_newest_run_records_none_is_refused_naming_that_run(tmp_path, trained, monkeypatch, capsys):
+    copy_run(trained, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    # A newer run stopped before its first validation: a last.ckpt whose ModelCheckpoint has no best.
+    newer = tmp_path / "lightning_logs/version_1/checkpoints"
+    newer.mkdir(parents=True)
+    checkpoint = load_checkpoint(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
+    checkpoint["callbacks"] = {}
+    torch.save(checkpoint, newer / "last.ckpt")
+    line = refused(capsys, ["test", "--ckpt_path=best", *FAST])
+    assert "--ckpt_path best: the newest run, lightning_logs/version_1, records no best checkpoint" in line
+    assert "give a checkpoint file" in line
+
+
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
 def test_evaluating_without_trained_weights_is_refused_unless_asked_for(subcommand, in_tmp, data_args, capsys):
     line = refused(capsys, [subcommand, "--ckpt_path=last", *FAST, *data_args])
