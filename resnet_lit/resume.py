@@ -19,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 from resnet_lit.checkpointing import CheckpointError, load_checkpoint
 from resnet_lit.errors import BadInput
 from resnet_lit.models import NETWORK_KEYS
-from resnet_lit.runs import LOGS, newest_checkpoint, newest_run, version_number
+from resnet_lit.runs import LOGS, newest_run, version_number
 
 # The model's arguments the data module decides (resnet_lit.cli links them): never a checkpoint's default.
 LINKED = ("in_channels", "num_classes", "image_size")
@@ -161,11 +161,12 @@ def resolve_checkpoint(subcommand: str, config: Any) -> ResolvedCheckpoint | Non
         if config.trainer.logger not in (None, True):
             return None  # a logger of the user's own: Lightning's resolution applies
         root = Path(config.trainer.default_root_dir or ".")
+        run = newest_run(root)
         try:
-            found = newest_checkpoint(root, ckpt_path)  # refuses a damaged or unsafe last.ckpt
+            # best: read from last.ckpt, which is refused where damaged or unsafe (last: when it is read, later)
+            found = None if run is None else run.last if ckpt_path == "last" else run.best()
         except BadInput as err:
             raise type(err)(f"--ckpt_path {ckpt_path}: {err}") from err
-        run = newest_run(root)
         if found is None and run is not None:  # best: the newest run has a last.ckpt but records no best
             raise BadInput(
                 f"--ckpt_path best: the newest run, {run.folder}, records no best checkpoint (it stopped before "
@@ -184,7 +185,7 @@ def resolve_checkpoint(subcommand: str, config: Any) -> ResolvedCheckpoint | Non
                 )
             )
         if subcommand == "fit":
-            return ResolvedCheckpoint(str(found), version_number(found.parents[1]), ckpt_path)
+            return ResolvedCheckpoint(str(found), version_number(run.folder), ckpt_path)
         return ResolvedCheckpoint(str(found), named_as=ckpt_path)
     if Path(ckpt_path).is_dir():
         raise BadInput(
